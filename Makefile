@@ -1,0 +1,55 @@
+# lanser: `make demo` labels the bundled sample clips; `make test` runs the whole suite.
+# Both create/refresh .venv from the pinned constraints; no GPU, no model hub needed.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
+DEMO_OUT ?= lanser-out
+# torch comes first and pinned: a bare "torch" from the registry is a multi-GB CUDA build.
+TORCH  := torch==2.13.0
+DEBS   := espeak-ng sox asterisk-core-sounds-en-wav asterisk-core-sounds-en
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export RAY_USAGE_STATS_ENABLED := 0
+export RAY_AUTH_MODE := disabled
+
+.PHONY: demo test venv bench debs clean help
+
+help:
+	@echo "make demo   - install into .venv and label the bundled sample clips on a local Ray"
+	@echo "make test   - install test dependencies and run the whole suite (CPU only)"
+	@echo "make bench  - throughput of the pipeline against a naive loop on real speech"
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt $(TORCH)
+	$(PIP) install -q -c constraints.txt -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+venv: $(STAMP)
+
+demo: venv
+	$(VENV)/bin/lanser-label label --config labeler/configs/demo.yaml --input labeler/samples --output $(DEMO_OUT)
+
+# Debian packages the tests need (speech fixtures); installed only when missing.
+debs:
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+test: venv debs
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: venv debs
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .fixtures $(DEMO_OUT) .pytest_cache

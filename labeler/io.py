@@ -1,0 +1,74 @@
+"""Filesystem access by URI: local paths, ``file://``, and anything pyarrow or fsspec knows
+(``s3://``, ``gs://``, ``hdfs://``, ``abfs://``, ...). Also credential redaction for URIs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from typing import IO, Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def is_local(uri: str) -> bool:
+    return not _SCHEME.match(uri) or uri.startswith("file://")
+
+
+def local_path(uri: str) -> str:
+    return uri[len("file://"):] if uri.startswith("file://") else uri
+
+
+def redact(uri: str) -> str:
+    """``s3://key:secret@bucket/x`` -> ``s3://***@bucket/x``; query strings that carry
+    credentials (``?X-Amz-Signature=..``, ``?token=..``, ``?sig=..``) are dropped."""
+    if not isinstance(uri, str) or not _SCHEME.match(uri):
+        return uri
+    parts = urlsplit(uri)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = parts.query
+    if query and re.search(r"(sig|signature|token|key|secret|password|credential)", query, re.I):
+        query = "***"
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def redact_text(text: str) -> str:
+    """Redact every URI with credentials inside free text (log lines, error messages)."""
+    return re.sub(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"]+", lambda m: redact(m.group(0)), text)
+
+
+def filesystem(uri: str):
+    """(pyarrow FileSystem, path inside it) for ``uri``."""
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+
+    if is_local(uri):
+        return pafs.LocalFileSystem(), os.path.abspath(local_path(uri))
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except (ValueError, pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        # A scheme pyarrow has no native filesystem for: let fsspec handle it.
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(uri)
+        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
+@contextlib.contextmanager
+def open_input_stream(uri: str) -> Iterator[IO[bytes]]:
+    if is_local(uri):
+        with open(local_path(uri), "rb") as f:
+            yield f
+        return
+    fs, path = filesystem(uri)
+    with fs.open_input_stream(path) as f:
+        yield f
+
+
+def join(root: str, *parts: str) -> str:
+    root = root.rstrip("/")
+    return "/".join([root, *[p.strip("/") for p in parts]])

