@@ -187,8 +187,19 @@ def find_lanser_error(exc: BaseException) -> Optional[LanserError]:
         if isinstance(e, LanserError):
             return e
         stack.extend([e.__cause__, e.__context__])
-        for attr in ("cause", "as_instanceof_cause"):
-            val = getattr(e, attr, None)
-            if isinstance(val, BaseException):
-                stack.append(val)
+        val = getattr(e, "cause", None)
+        if isinstance(val, BaseException):
+            stack.append(val)
+    # An actor that died in __init__ (e.g. a model that cannot load) reaches the driver as
+    # ActorDiedError carrying only the remote traceback's text: recover our error from it.
+    import re
+
+    from labeler import errors
+
+    found = re.findall(r"labeler\.errors\.(\w+): (.+)", str(exc))
+    if found:
+        name, msg = found[-1]
+        cls = getattr(errors, name, None)
+        if isinstance(cls, type) and issubclass(cls, LanserError):
+            return cls(msg.strip())
     return None

@@ -44,3 +44,37 @@ def ray_local():
         )
     yield ray
     ray.shutdown()
+
+
+FIXTURE_CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".fixtures", "v1")
+
+
+@pytest.fixture(scope="session")
+def fixture_dir():
+    os.makedirs(FIXTURE_CACHE, exist_ok=True)
+    from pathlib import Path
+
+    return Path(FIXTURE_CACHE)
+
+
+@pytest.fixture(scope="session")
+def tiny_nli(fixture_dir):
+    """Tiny 3-class NLI model, entailment at index 0."""
+    from fixtures import build_tiny_nli
+
+    return str(build_tiny_nli(fixture_dir / "tiny-nli", {0: "entailment", 1: "neutral", 2: "contradiction"}))
+
+
+@pytest.fixture(scope="session")
+def tiny_nli_2class(fixture_dir):
+    """Tiny 2-class NLI model whose entailment class is index 1 (as in zero-shot v2.0 models)."""
+    from fixtures import build_tiny_nli
+
+    return str(build_tiny_nli(fixture_dir / "tiny-nli-2class", {0: "not_entailment", 1: "entailment"}, seed=1))
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper(fixture_dir):
+    from fixtures import build_tiny_whisper
+
+    return str(build_tiny_whisper(fixture_dir / "tiny-whisper-ct2"))

