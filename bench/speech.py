@@ -1,0 +1,57 @@
+"""Real human speech with reference transcripts: Debian's Asterisk prompts (one voice, 8 kHz)."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+from dataclasses import dataclass
+
+SOUNDS = "/usr/share/asterisk/sounds/en_US_f_Allison"
+TEXTS = "/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz"
+
+
+@dataclass(frozen=True)
+class Clip:
+    utt_id: str
+    path: str
+    reference: str
+
+
+def asterisk_clips(min_total_s: float = 300.0, min_clip_s: float = 1.0, limit: int | None = None) -> list[Clip]:
+    """The first prompts (sorted by name) with a spoken reference, until ``min_total_s`` of audio."""
+    import soundfile as sf
+
+    if not os.path.isdir(SOUNDS) or not os.path.exists(TEXTS):
+        raise SystemExit("needs Debian packages asterisk-core-sounds-en-wav and asterisk-core-sounds-en (make debs)")
+    refs = {}
+    with gzip.open(TEXTS, "rt", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            m = re.match(r"^([\w/-]+):\s*(.+)$", line.strip())
+            if m and not m.group(2).startswith("["):
+                refs[m.group(1)] = m.group(2)
+    clips, total = [], 0.0
+    for name in sorted(refs):
+        path = os.path.join(SOUNDS, name + ".wav")
+        if not os.path.exists(path):
+            continue
+        dur = sf.info(path).duration
+        if dur < min_clip_s:
+            continue
+        clips.append(Clip(name.replace("/", "_"), path, refs[name]))
+        total += dur
+        if total >= min_total_s or (limit and len(clips) >= limit):
+            break
+    return clips
+
+
+def wer(references: list[str], hypotheses: list[str]) -> float:
+    """Word error rate in percent after lowercasing and removing punctuation."""
+    import jiwer
+
+    def norm(s: str) -> str:
+        s = s.lower().replace("-", " ")
+        s = re.sub(r"[^a-z0-9' ]+", " ", s)
+        return " ".join(s.split())
+
+    return 100.0 * jiwer.wer([norm(r) for r in references], [norm(h) or "<empty>" for h in hypotheses])
