@@ -27,7 +27,11 @@ EPILOG = textwrap.dedent(
       # any setting from the config file, overridden on the command line
       lanser-label label --config cpu.yaml --input clips/ --output out/ --set asr.beam_size=1 --set scorer.batch_size=128
 
+      # a new taxonomy over the same corpus: stored transcripts only, no audio, no ASR
+      lanser-label relabel --output out/ --taxonomy my_taxonomy.yaml
+
       lanser-label inspect out/                 # summary of the latest run
+      lanser-label cache out/ --drop-stale      # what the caches hold; drop unused entries
       lanser-label taxonomies                   # shipped taxonomies
       lanser-label schema                       # the labels table's columns
 
@@ -67,6 +71,34 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--show", type=int, default=20, help="print up to this many labeled rows in the summary")
     lab.add_argument("--json", action="store_true", help="print the run manifest as JSON instead of the summary")
 
+    rel = sub.add_parser(
+        "relabel",
+        help="new labels for another taxonomy from stored transcripts: no audio read, no ASR",
+        description="Build a labels partition for --taxonomy from the transcripts of an earlier run (default: the newest "
+        "committed run under --output). Reads no audio and loads no ASR model; pairs already scored by the same "
+        "scorer are taken from the score cache.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    rel.add_argument("--output", "-o", help="output root of earlier runs; the new partition goes there too")
+    rel.add_argument("--taxonomy", "-t", help="shipped taxonomy name or taxonomy YAML path")
+    rel.add_argument("--config", "-c", help="YAML config file (scorer, abstain and resource settings are used)")
+    rel.add_argument("--from-run", help="run whose utterances and transcripts to relabel (default: the newest committed)")
+    rel.add_argument("--run-id", help="run id (default: new; re-running after a crash resumes)")
+    rel.add_argument("--scorer", choices=["nli", "embedding"], help="entailment backend")
+    rel.add_argument("--scorer-model", help="scorer model: hub id, local folder, or pkg:<package>")
+    rel.add_argument("--device", choices=["auto", "cpu", "cuda"], help="scorer device")
+    rel.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override any setting (repeatable)")
+    rel.add_argument("--no-progress", action="store_true", help="hide Ray Data's progress bars")
+    rel.add_argument("--show", type=int, default=20, help="print up to this many rows in the summary")
+    rel.add_argument("--json", action="store_true", help="print the run manifest as JSON")
+
+    cac = sub.add_parser("cache", help="what the transcript and score caches hold; drop stale entries")
+    cac.add_argument("output", help="output root")
+    cac.add_argument("--drop-asr-config", action="append", default=[], metavar="HASH", help="drop transcripts made with this ASR config hash")
+    cac.add_argument("--drop-scorer", action="append", default=[], metavar="KEY", help="drop scores of this scorer key")
+    cac.add_argument("--drop-stale", action="store_true", help="drop every ASR config and scorer the newest committed run did not use")
+    cac.add_argument("--json", action="store_true", help="print as JSON")
+
     ins = sub.add_parser("inspect", help="summarize a committed run from its manifest")
     ins.add_argument("output", help="output root of earlier runs")
     ins.add_argument("--run", help="run id (default: the latest committed run)")
@@ -89,7 +121,8 @@ def _overrides(args) -> dict[str, Any]:
         if val is not None:
             out[key] = val
     if getattr(args, "device", None):
-        out["asr.device"] = args.device
+        if args.command == "label":
+            out["asr.device"] = args.device
         out["scorer.device"] = args.device
     if getattr(args, "no_progress", False):
         out["ray.progress"] = False
@@ -110,6 +143,55 @@ def cmd_label(args) -> int:
         print(json.dumps(result.manifest, indent=2, default=str))
     else:
         print_summary(result.manifest, result.output, show=args.show)
+    return 0
+
+
+def cmd_relabel(args) -> int:
+    from labeler.config import load_config
+    from labeler.pipeline import run_relabel
+
+    cfg = load_config(args.config, _overrides(args))
+    result = run_relabel(cfg, from_run=args.from_run)
+    if args.json:
+        print(json.dumps(result.manifest, indent=2, default=str))
+    else:
+        print_summary(result.manifest, result.output, show=args.show)
+    return 0
+
+
+def cmd_cache(args) -> int:
+    from labeler.cache import cache_summary, drop_cache_entries
+    from labeler.pipeline import latest_run
+
+    drop_asr, drop_scorer = list(args.drop_asr_config), list(args.drop_scorer)
+    before = cache_summary(args.output)
+    if args.drop_stale:
+        latest = latest_run(args.output)
+        if latest is None:
+            from labeler.errors import InputError
+
+            raise InputError(f"no committed run under {args.output}: nothing decides what is stale")
+        drop_asr += [t["asr_config_hash"] for t in before["transcripts"] if t["asr_config_hash"] != latest["models"]["asr_config_hash"]]
+        drop_scorer += [s["scorer_key"] for s in before["scores"] if s["scorer_key"] != latest["models"].get("scorer_key")]
+    dropped = drop_cache_entries(args.output, drop_asr, drop_scorer) if (drop_asr or drop_scorer) else {}
+    summary = cache_summary(args.output)
+    if args.json:
+        print(json.dumps({"cache": summary, "dropped": dropped}, indent=2))
+        return 0
+    print("transcripts (per ASR config):")
+    for t in summary["transcripts"] or [{}]:
+        if t:
+            print(f"  {t['asr_config_hash']}  {t['audio']:>8} audio  {t['runs']:>3} runs  {t['asr_model']}")
+        else:
+            print("  (empty)")
+    print("scores (per scorer):")
+    for s in summary["scores"] or [{}]:
+        if s:
+            print(f"  {s['scorer_key']}  {s['pairs']:>8} pairs  {s['hypotheses']:>3} hypotheses  {s['runs']:>3} runs  {s['scorer']}")
+        else:
+            print("  (empty)")
+    for k, v in dropped.items():
+        print(f"dropped {k}: {v}")
     return 0
 
 
@@ -140,8 +222,12 @@ def print_summary(manifest: dict[str, Any], output: str, show: int = 20) -> None
     if manifest.get("audio_seconds") is not None and manifest.get("wall_seconds"):
         print(f"audio: {manifest['audio_seconds']:.1f} s in {manifest['wall_seconds']:.1f} s wall "
               f"({manifest.get('throughput_audio_s_per_s') or 0:.1f}x realtime, model loading included)")
-    print(f"labels table:      {manifest['tables']['labels']}")
-    print(f"transcripts table: {manifest['tables']['transcripts']}")
+    cache = manifest.get("cache") or {}
+    if cache:
+        print(f"cache: {cache.get('transcripts_from_cache', 0)} transcripts reused, {cache.get('transcribed', 0)} transcribed; "
+              f"{cache.get('n_pairs_cached', 0) + cache.get('n_pairs_memo', 0)} label scores reused, {cache.get('n_pairs_scored', 0)} scored")
+    for name, path in manifest["tables"].items():
+        print(f"{name + ' table:':<19}{path}")
     print(f"run manifest:      {redact(output.rstrip('/'))}/runs/{manifest['run_id']}.json")
     print(
         "query:  duckdb -c \"SELECT utt_id, label, confidence FROM read_parquet('"
@@ -229,7 +315,7 @@ def cmd_config(args) -> int:
     return 0
 
 
-COMMANDS = {"label": cmd_label, "inspect": cmd_inspect, "taxonomies": cmd_taxonomies, "schema": cmd_schema, "config": cmd_config}
+COMMANDS = {"label": cmd_label, "relabel": cmd_relabel, "cache": cmd_cache, "inspect": cmd_inspect, "taxonomies": cmd_taxonomies, "schema": cmd_schema, "config": cmd_config}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

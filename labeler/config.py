@@ -66,7 +66,7 @@ class AsrConfig(_Strict):
         }
 
     def config_hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.cache_key(), sort_keys=True).encode()).hexdigest()[:16]
+        return _hash(self.cache_key())
 
 
 class ScorerConfig(_Strict):
@@ -85,6 +85,13 @@ class ScorerConfig(_Strict):
     max_length: int = Field(256, ge=16, description="token limit per pair; the transcript is truncated, never the hypothesis")
     temperature: float = Field(0.05, gt=0, description="embedding backend: softmax temperature over cosine similarities")
 
+    def cache_key(self) -> dict[str, Any]:
+        """The settings that change a raw (transcript, hypothesis) score."""
+        return {"backend": self.backend, "model": self.model, "max_length": self.max_length}
+
+    def key_hash(self) -> str:
+        return _hash(self.cache_key())
+
 
 class AbstainConfig(_Strict):
     """When a row gets no label rather than a made-up one."""
@@ -93,6 +100,21 @@ class AbstainConfig(_Strict):
     logprob_threshold: float = Field(-1.0, description="... and the average log-probability is below this (Whisper's own rule)")
     min_chars: int = Field(1, ge=0, description="transcripts with fewer non-space characters abstain (empty_transcript)")
     min_confidence: float = Field(0.0, ge=0, le=1, description="abstain (low_confidence) below this top-label probability; scores are still kept")
+
+
+class CacheConfig(_Strict):
+    """Transcript and score caches (the transcripts/ and scores/ tables of the output root)."""
+
+    transcripts: bool = Field(True, description="reuse transcripts of audio already transcribed with the same ASR settings (by audio sha256)")
+    scores: bool = Field(True, description="reuse entailment scores of (transcript, hypothesis) pairs already scored by the same scorer")
+    memo_pairs: int = Field(1_000_000, ge=0, description="per-actor memory of pairs scored in this run, so repeated transcripts are scored once")
+
+
+class RetryConfig(_Strict):
+    """Ray retries, set on purpose: a lost worker or node is retried, a bad row is not (it becomes data)."""
+
+    max_task_retries: int = Field(3, ge=0, description="retries of a decode/write task or an actor call lost to a worker/node failure")
+    max_actor_restarts: int = Field(3, ge=0, description="restarts of an ASR/scorer actor whose process died")
 
 
 class OutputConfig(_Strict):
@@ -118,6 +140,8 @@ class LabelConfig(_Strict):
     asr: AsrConfig = Field(default_factory=AsrConfig)
     scorer: ScorerConfig = Field(default_factory=ScorerConfig)
     abstain: AbstainConfig = Field(default_factory=AbstainConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    retry: RetryConfig = Field(default_factory=RetryConfig)
     out: OutputConfig = Field(default_factory=OutputConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
@@ -138,10 +162,25 @@ class LabelConfig(_Strict):
                 raise ValueError(f"{name}.concurrency: must be >= 1, got {c}")
         return self
 
+    def run_key(self, taxonomy, kind: str = "label", source: str | None = None) -> str:
+        """Identifies "the same command": a re-run with the same key resumes an unfinished run."""
+        return _hash({
+            "kind": kind,
+            "input": source if source is not None else self.input,
+            "taxonomy": [taxonomy.name, taxonomy.version, taxonomy.template_hash],
+            "asr": self.asr.cache_key() if kind == "label" else None,
+            "scorer": self.scorer.cache_key(),
+            "abstain": self.abstain.model_dump(),
+        })
+
     def require_io(self) -> None:
         missing = [n for n in ("input", "output") if not getattr(self, n)]
         if missing:
             raise ConfigError(f"missing required setting(s): {', '.join(missing)} (give --{' and --'.join(missing)} or set them in the config file)")
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _format_errors(exc: ValidationError) -> str:

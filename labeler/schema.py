@@ -9,7 +9,8 @@ Spark/Trino partitioned tables).
 Layout under an output root::
 
     <root>/labels/taxonomy=<name>/taxonomy_version=<v>/run_id=<run>/part-*.parquet
-    <root>/transcripts/run_id=<run>/part-*.parquet
+    <root>/transcripts/run_id=<run>/part-*.parquet   # transcript cache: new transcripts of each run
+    <root>/scores/scorer_key=<k>/run_id=<run>/part-*.parquet   # score cache: new (text, hypothesis) scores
     <root>/runs/<run>.json              # run manifest, written last (the commit)
 
 Writers call :func:`conform` so a file never drifts from these schemas.
@@ -41,6 +42,9 @@ LABELS_FILE_SCHEMA = pa.schema(
         pa.field("duration_s", pa.float64(), metadata={"doc": "duration after decoding, seconds"}),
         pa.field("text", pa.string(), metadata={"doc": "ASR transcript (the entailment premise)"}),
         pa.field("language", pa.string(), metadata={"doc": "spoken language (given or detected)"}),
+        pa.field("language_prob", pa.float32(), metadata={"doc": "ASR language-detection probability"}),
+        pa.field("avg_logprob", pa.float32(), metadata={"doc": "ASR average token log-probability (duration-weighted over segments)"}),
+        pa.field("no_speech_prob", pa.float32(), metadata={"doc": "ASR no-speech probability (duration-weighted over segments)"}),
         pa.field("status", pa.string(), nullable=False, metadata={"doc": "labeled | abstained | error"}),
         pa.field("label", pa.string(), metadata={"doc": "weak label: the taxonomy label with the highest score; null unless status = labeled"}),
         pa.field("label_index", pa.int32(), metadata={"doc": "index of label in the taxonomy's label order"}),
@@ -87,6 +91,20 @@ TRANSCRIPTS_FILE_SCHEMA = pa.schema(
 )
 
 TRANSCRIPTS_PARTITIONING = pa.schema([pa.field("run_id", pa.string())])
+
+#: The score cache: one raw entailment score per (transcript text, hypothesis, scorer).
+SCORES_FILE_SCHEMA = pa.schema(
+    [
+        pa.field("pair_key", pa.uint64(), nullable=False, metadata={"doc": "64-bit hash of (scorer key, text, hypothesis): the lookup key"}),
+        pa.field("text_sha256", pa.string(), nullable=False, metadata={"doc": "sha256 of the transcript text"}),
+        pa.field("hypothesis", pa.string(), nullable=False),
+        pa.field("raw_score", pa.float32(), nullable=False),
+        pa.field("scorer", pa.string(), nullable=False),
+        pa.field("created_at", TIMESTAMP, nullable=False),
+    ]
+)
+
+SCORES_PARTITIONING = pa.schema([pa.field("scorer_key", pa.string()), pa.field("run_id", pa.string())])
 
 
 def full_schema(file_schema: pa.Schema, partitioning: pa.Schema) -> pa.Schema:

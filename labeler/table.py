@@ -9,8 +9,11 @@ manifest, with ``status: committed``. On object stores, where a folder move is a
 the manifest is the commit point: a reader that needs strict all-or-nothing visibility
 joins with committed runs (see README).
 
-Part files are named by write-task index, so a retried write task overwrites its own
-file instead of adding a duplicate.
+Part files are named by attempt and write-task index and written to a temporary name
+first, so a retried write task overwrites its own file instead of adding a duplicate, and
+a killed one leaves no half-written part behind. A resumed run adds the parts of its new
+attempt beside those of the earlier ones; the commit checks that together they hold every
+input row exactly once.
 """
 
 from __future__ import annotations
@@ -32,6 +35,11 @@ from labeler.errors import CommitError
 from labeler.io import filesystem, join, redact
 
 TIMING_COLUMNS = ("t_decode", "t_asr", "t_score")
+COUNT_COLUMNS = ("n_pairs_cached", "n_pairs_memo", "n_pairs_scored")
+
+
+def scores_partition(root: str, scorer_key: str, run_id: str) -> str:
+    return join(root, "scores", f"scorer_key={scorer_key}", f"run_id={run_id}")
 
 
 def labels_partition(root: str, taxonomy: str, version: str, run_id: str) -> str:
@@ -57,10 +65,14 @@ def now_utc() -> dt.datetime:
 class RunSink(Datasink):
     """Writes the labels and transcripts part files of one run into its staging folder."""
 
-    def __init__(self, root: str, run_id: str, rows_per_file: int, compression: str = "zstd") -> None:
+    def __init__(self, root: str, run_id: str, attempt: str, rows_per_file: int, hypotheses: list[str],
+                 scorer_key: str, compression: str = "zstd") -> None:
         self.root = root
         self.run_id = run_id
+        self.attempt = attempt
         self.rows_per_file = rows_per_file
+        self.hypotheses = hypotheses
+        self.scorer_key = scorer_key
         self.compression = None if compression == "none" else compression
         self.stats: Optional[dict[str, Any]] = None
 
@@ -70,7 +82,7 @@ class RunSink(Datasink):
 
     def on_write_start(self, schema=None) -> None:
         fs, base = filesystem(staging_dir(self.root, self.run_id))
-        for sub in ("labels", "transcripts"):
+        for sub in ("labels", "transcripts", "scores"):
             fs.create_dir(posixpath.join(base, sub), recursive=True)
 
     def write(self, blocks: Iterable, ctx) -> dict[str, Any]:
@@ -83,20 +95,41 @@ class RunSink(Datasink):
         table = table.append_column("created_at", created)
         stats = summarize_rows(table)
         labels = S.conform(table, S.LABELS_FILE_SCHEMA)
-        decoded = table.filter(pc.is_valid(table.column("duration_s")))
-        transcripts = S.conform(decoded, S.TRANSCRIPTS_FILE_SCHEMA)
+        # The transcript cache gets what this run transcribed (or failed to), not cache hits.
+        fresh = pc.and_(pc.is_valid(table.column("duration_s")), pc.invert(table.column("asr_cached")))
+        transcripts = S.conform(table.filter(fresh), S.TRANSCRIPTS_FILE_SCHEMA)
+        scores = self._new_scores(table)
         fs, base = filesystem(staging_dir(self.root, self.run_id))
-        name = f"part-{ctx.task_idx:05d}.parquet"
+        name = f"part-{self.attempt}-{ctx.task_idx:05d}.parquet"
         files = []
-        for sub, tbl in (("labels", labels), ("transcripts", transcripts)):
+        for sub, tbl in (("labels", labels), ("transcripts", transcripts), ("scores", scores)):
             if tbl.num_rows == 0:
                 continue
             path = posixpath.join(base, sub, name)
-            with fs.open_output_stream(path) as f:
+            with fs.open_output_stream(path + ".tmp") as f:
                 pq.write_table(tbl, f, compression=self.compression)
+            fs.move(path + ".tmp", path)  # a part is either complete or absent
             files.append((sub, name, tbl.num_rows))
         stats["files"] = files
         return stats
+
+    def _new_scores(self, table: pa.Table) -> pa.Table:
+        keys, hyps, raws, shas, now = [], [], [], [], now_utc()
+        cols = [table.column(c).to_pylist() for c in ("new_pair_keys", "new_pair_hyp", "new_pair_raw", "text_sha256", "scorer")]
+        scorer = None
+        for k, h, r, sha, sc in zip(*cols):
+            if not k:
+                continue
+            scorer = sc
+            keys += k
+            hyps += [self.hypotheses[i] for i in h]
+            raws += r
+            shas += [sha] * len(k)
+        return S.conform(pa.table({
+            "pair_key": pa.array(keys, pa.uint64()), "text_sha256": pa.array(shas, pa.string()),
+            "hypothesis": pa.array(hyps, pa.string()), "raw_score": pa.array(raws, pa.float32()),
+            "scorer": pa.array([scorer] * len(keys), pa.string()), "created_at": pa.array([now] * len(keys), S.TIMESTAMP),
+        }), S.SCORES_FILE_SCHEMA)
 
     def on_write_complete(self, write_result) -> None:
         self.stats = merge_stats(write_result.write_returns)
@@ -117,8 +150,14 @@ def summarize_rows(table: pa.Table) -> dict[str, Any]:
         "confidence_hist": histogram(conf),
         "audio_seconds": float(sum(dur)),
         "stage_seconds": {c: float(pc.sum(table.column(c)).as_py() or 0.0) for c in TIMING_COLUMNS if c in table.column_names},
+        "cache": {c: int(pc.sum(table.column(c)).as_py() or 0) for c in COUNT_COLUMNS if c in table.column_names},
         "errors_sample": [e for e in table.column("error").to_pylist() if e][:5],
     }
+    if "asr_cached" in table.column_names:
+        cached = table.column("asr_cached")
+        out["cache"]["transcripts_from_cache"] = int(pc.sum(cached).as_py() or 0)
+        ran = pc.and_(pc.invert(cached), pc.is_valid(table.column("text")))
+        out["cache"]["transcribed"] = int(pc.sum(ran).as_py() or 0)
     return out
 
 
@@ -134,20 +173,20 @@ def histogram(values: list[float], bins: int = 10) -> list[int]:
 def merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
     total: dict[str, Any] = {
         "rows": 0, "status": Counter(), "labels": Counter(), "abstain_reasons": Counter(),
-        "confidence_hist": [0] * 10, "audio_seconds": 0.0, "stage_seconds": Counter(),
+        "confidence_hist": [0] * 10, "audio_seconds": 0.0, "stage_seconds": Counter(), "cache": Counter(),
         "errors_sample": [], "files": [],
     }
     for p in parts:
         if not p or not p.get("rows"):
             continue
         total["rows"] += p["rows"]
-        for k in ("status", "labels", "abstain_reasons", "stage_seconds"):
-            total[k].update(p[k])
+        for k in ("status", "labels", "abstain_reasons", "stage_seconds", "cache"):
+            total[k].update(p.get(k, {}))
         total["confidence_hist"] = [a + b for a, b in zip(total["confidence_hist"], p["confidence_hist"])]
         total["audio_seconds"] += p["audio_seconds"]
         total["errors_sample"] = (total["errors_sample"] + p["errors_sample"])[:10]
         total["files"] += p["files"]
-    for k in ("status", "labels", "abstain_reasons", "stage_seconds"):
+    for k in ("status", "labels", "abstain_reasons", "stage_seconds", "cache"):
         total[k] = dict(sorted(total[k].items()))
     return total
 
@@ -191,38 +230,68 @@ def _move_dir(fs, src: str, dst: str) -> None:
     fs.delete_dir(src)
 
 
+def read_staged_labels(root: str, run_id: str, columns: Optional[list[str]] = None) -> pa.Table:
+    """Every complete labels part staged for ``run_id`` (all attempts); ``.tmp`` files are ignored."""
+    import pyarrow.dataset as pads
+    import pyarrow.fs as pafs
+
+    fs, stage = filesystem(staging_dir(root, run_id))
+    infos = fs.get_file_info(pafs.FileSelector(posixpath.join(stage, "labels"), allow_not_found=True))
+    paths = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
+    if not paths:
+        return S.LABELS_FILE_SCHEMA.empty_table().select(columns) if columns else S.LABELS_FILE_SCHEMA.empty_table()
+    return pads.dataset(paths, filesystem=fs, format="parquet", schema=S.LABELS_FILE_SCHEMA).to_table(columns=columns)
+
+
+def _has_files(fs, path: str) -> bool:
+    import pyarrow.fs as pafs
+
+    return any(i.type == pafs.FileType.File for i in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)))
+
+
 def commit(
     root: str,
     run_id: str,
     taxonomy: str,
     version: str,
+    scorer_key: str,
     expected_rows: int,
-    stats: dict[str, Any],
     manifest: dict[str, Any],
 ) -> dict[str, Any]:
-    """Publish a staged run: check counts, move partitions into place, write the manifest last."""
-    if stats["rows"] != expected_rows:
+    """Publish a staged run: check every row is there exactly once, move the partitions into
+    place, write the manifest last."""
+    staged = read_staged_labels(root, run_id)
+    ids = staged.column("utt_id")
+    unique = pc.count_distinct(ids).as_py()
+    if staged.num_rows != expected_rows or unique != staged.num_rows:
         raise CommitError(
-            f"run {run_id}: {expected_rows} input rows but {stats['rows']} rows written; "
-            f"nothing was published (staged files are under {staging_dir(root, run_id)})"
+            f"run {run_id}: {expected_rows} input rows but {staged.num_rows} rows staged ({unique} distinct utt_id); "
+            f"nothing was published (staged files are under {redact(staging_dir(root, run_id))})"
         )
+    totals = summarize_rows(staged)
     fs, stage = filesystem(staging_dir(root, run_id))
-    _, labels_dst = filesystem(labels_partition(root, taxonomy, version, run_id))
-    _, trans_dst = filesystem(transcripts_partition(root, run_id))
-    import pyarrow.fs as pafs
-
-    _move_dir(fs, posixpath.join(stage, "labels"), labels_dst)
-    if fs.get_file_info(pafs.FileSelector(posixpath.join(stage, "transcripts"), allow_not_found=True)):
-        _move_dir(fs, posixpath.join(stage, "transcripts"), trans_dst)
+    tables = {
+        "labels": labels_partition(root, taxonomy, version, run_id),
+        "transcripts": transcripts_partition(root, run_id),
+        "scores": scores_partition(root, scorer_key, run_id),
+    }
+    published = {}
+    for sub, dst in tables.items():
+        src = posixpath.join(stage, sub)
+        if _has_files(fs, src):
+            _move_dir(fs, src, filesystem(dst)[1])
+            published[sub] = redact(dst)
     fs.delete_dir(stage)
     manifest = dict(manifest)
-    manifest.update(
-        status="committed",
-        committed_at=now_utc().isoformat(),
-        tables={
-            "labels": redact(labels_partition(root, taxonomy, version, run_id)),
-            "transcripts": redact(transcripts_partition(root, run_id)),
-        },
-    )
+    manifest["counts"] = {
+        **manifest.get("counts", {}),
+        "output_rows": staged.num_rows,
+        "status": totals["status"],
+        "labels": dict(sorted(totals["labels"].items())),
+        "abstain_reasons": totals["abstain_reasons"],
+    }
+    manifest["confidence_histogram"] = {"bins": [i / 10 for i in range(11)], "counts": totals["confidence_hist"]}
+    manifest["audio_seconds"] = round(totals["audio_seconds"], 3)
+    manifest.update(status="committed", committed_at=now_utc().isoformat(), tables=published)
     write_json_atomic(manifest_path(root, run_id), manifest)
     return manifest

@@ -45,7 +45,18 @@ class Scorer:
         return f"{self.backend}:{self.model_name}"
 
     def score(self, premises: Sequence[str], hypotheses: Sequence[str]) -> ScoreResult:
+        """Every premise against every hypothesis."""
+        pairs = [(p, h) for p in range(len(premises)) for h in range(len(hypotheses))]
+        raw = self.score_pairs(premises, hypotheses, pairs).reshape(len(premises), len(hypotheses))
+        return ScoreResult(raw, self.to_probs(raw))
+
+    def score_pairs(self, premises: Sequence[str], hypotheses: Sequence[str], pairs: Sequence[tuple[int, int]]) -> np.ndarray:
+        """Raw scores of the given (premise index, hypothesis index) pairs only (the rest may be cached)."""
         raise NotImplementedError
+
+    def to_probs(self, raw: np.ndarray) -> np.ndarray:
+        """Per-premise probability over the hypotheses from a full raw matrix."""
+        return softmax(raw, axis=1)
 
 
 def _torch_device(device: str) -> str:
@@ -110,16 +121,13 @@ class NLIScorer(Scorer):
         self.pair_batch_size = pair_batch_size
         self._torch = torch
 
-    def score(self, premises: Sequence[str], hypotheses: Sequence[str]) -> ScoreResult:
+    def score_pairs(self, premises, hypotheses, pairs) -> np.ndarray:
         torch = self._torch
-        P, H = len(premises), len(hypotheses)
-        raw = np.zeros((P, H), dtype=np.float32)
-        if P == 0:
-            return ScoreResult(raw, raw.copy())
-        pairs = [(p, h) for p in premises for h in hypotheses]
+        if not pairs:
+            return np.zeros(0, dtype=np.float32)
         enc = self.tokenizer(
-            [p for p, _ in pairs],
-            [h for _, h in pairs],
+            [premises[p] for p, _ in pairs],
+            [hypotheses[h] for _, h in pairs],
             truncation="only_first",
             max_length=self.max_length,
         )
@@ -135,8 +143,7 @@ class NLIScorer(Scorer):
                 batch = {k: v.to(self.device) for k, v in batch.items()}
                 logits = self.model(**batch).logits.float()
                 flat[idx] = logits[:, self.entail_idx].cpu().numpy()
-        raw = flat.reshape(P, H)
-        return ScoreResult(raw, softmax(raw, axis=1))
+        return flat
 
 
 class EmbeddingScorer(Scorer):
@@ -170,16 +177,26 @@ class EmbeddingScorer(Scorer):
             dtype=np.float32,
         )
 
-    def score(self, premises: Sequence[str], hypotheses: Sequence[str]) -> ScoreResult:
+    def score_pairs(self, premises, hypotheses, pairs) -> np.ndarray:
+        if not pairs:
+            return np.zeros(0, dtype=np.float32)
         key = tuple(hypotheses)
         if key not in self._hyp_cache:
             self._hyp_cache[key] = self._encode(hypotheses)
         hyp = self._hyp_cache[key]
-        if not premises:
-            z = np.zeros((0, len(hypotheses)), dtype=np.float32)
-            return ScoreResult(z, z.copy())
-        raw = self._encode(premises) @ hyp.T
-        return ScoreResult(raw.astype(np.float32), softmax(raw / self.temperature, axis=1))
+        used = sorted({p for p, _ in pairs})
+        emb = dict(zip(used, self._encode([premises[p] for p in used])))
+        return np.array([float(emb[p] @ hyp[h]) for p, h in pairs], dtype=np.float32)
+
+    def to_probs(self, raw: np.ndarray) -> np.ndarray:
+        return softmax(raw / self.temperature, axis=1)  # as probs_for_backend
+
+
+def probs_for_backend(cfg, raw: np.ndarray) -> np.ndarray:
+    """The backend's raw -> probability rule, usable without loading its model."""
+    if cfg.backend == "embedding":
+        return softmax(raw / cfg.temperature, axis=1)
+    return softmax(raw, axis=1)
 
 
 def make_scorer(cfg) -> Scorer:

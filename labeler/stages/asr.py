@@ -1,9 +1,11 @@
 """ASR stage (actor pool): faster-whisper over the decoded audio.
 
-Input columns: ``utt_id``, ``audio``, ``error``. Adds ``text``, ``language``,
-``language_prob``, ``avg_logprob``, ``no_speech_prob``, ``asr_model``,
-``asr_config_hash``, ``t_asr``; drops ``audio`` (tables keep the URI, not the waveform).
-The model loads once per actor; a clip that fails to transcribe becomes an error row.
+Input columns: ``utt_id``, ``audio``, ``error``, ``asr_cached`` and the transcript
+columns. Fills ``text``, ``language``, ``language_prob``, ``avg_logprob``,
+``no_speech_prob`` for rows not already transcribed (cache hits pass through), adds
+``asr_model``, ``asr_config_hash``, ``t_asr``; drops ``audio`` (tables keep the URI, not the
+waveform). The model loads once per actor, on the first batch that needs it; a clip that
+fails to transcribe becomes an error row.
 """
 
 from __future__ import annotations
@@ -15,17 +17,28 @@ import pyarrow as pa
 
 from labeler.stages.base import check_rows, require_columns, stage_error, with_columns
 
-INPUT_COLUMNS = ("utt_id", "audio", "error")
+INPUT_COLUMNS = ("utt_id", "audio", "error", "asr_cached", "text", "language", "language_prob", "avg_logprob", "no_speech_prob")
 
 
 class ASRStage:
     name = "asr"
 
     def __init__(self, asr_cfg) -> None:
+        self.cfg = asr_cfg
+        self._model = None
+        self.config_hash = asr_cfg.config_hash()
+
+    @property
+    def model(self):
+        if self._model is None:
+            self._model = self._load()
+        return self._model
+
+    def _load(self):
         from labeler.models.whisper import WhisperASR
 
-        self.cfg = asr_cfg
-        self.model = WhisperASR(
+        asr_cfg = self.cfg
+        return WhisperASR(
             asr_cfg.model,
             device=asr_cfg.device,
             compute_type=asr_cfg.compute_type,
@@ -38,14 +51,13 @@ class ASRStage:
             chunk_batch_size=asr_cfg.chunk_batch_size,
             download_root=asr_cfg.download_root,
         )
-        self.config_hash = asr_cfg.config_hash()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         require_columns(self.name, batch, INPUT_COLUMNS)
         n = batch.num_rows
         audio = batch.column("audio").to_pylist()
         errors = batch.column("error").to_pylist()
-        cols = {k: [None] * n for k in ("text", "language", "language_prob", "avg_logprob", "no_speech_prob")}
+        cols = {k: batch.column(k).to_pylist() for k in ("text", "language", "language_prob", "avg_logprob", "no_speech_prob")}
         timing = [0.0] * n
         for i in range(n):
             if errors[i] is not None or audio[i] is None:

@@ -5,7 +5,11 @@ Adds ``status``, ``label``, ``label_index``, ``confidence``, ``margin``, ``score
 ``raw_scores``, ``abstain_reason``, ``scorer``, ``template_hash``, ``t_score``.
 
 Rows with no speech or an empty transcript abstain instead of getting a made-up label.
-Identical transcripts in a batch ("yeah", "okay") are scored once.
+Identical transcripts ("yeah", "okay") are scored once: within a batch, and across the
+actor's batches through a memo of scored pairs. Pairs found in the score cache (earlier
+runs, any taxonomy sharing the hypothesis) are not scored again; newly scored pairs leave
+in the ``new_pair_*`` columns for the sink to add to the cache. The scorer model is loaded
+on the first batch that needs it, so a fully cached relabel loads none.
 """
 
 from __future__ import annotations
@@ -47,14 +51,57 @@ def top_two(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 class EntailStage:
     name = "entail"
 
-    def __init__(self, scorer_cfg, abstain_cfg, taxonomy) -> None:
-        from labeler.models.scorers import make_scorer
+    def __init__(self, scorer_cfg, abstain_cfg, taxonomy, score_cache=None, memo_pairs: int = 1_000_000) -> None:
+        from labeler.cache import ScoreCache
 
-        self.scorer = make_scorer(scorer_cfg)
+        self.scorer_cfg = scorer_cfg
+        self._scorer = None
+        self.scorer_name = f"{scorer_cfg.backend}:{scorer_cfg.model}"
         self.abstain = abstain_cfg
         self.labels = taxonomy.label_names
         self.hypotheses = taxonomy.hypotheses
         self.template_hash = taxonomy.template_hash
+        cache = resolve_ref(score_cache)
+        self.cache = cache if cache is not None else ScoreCache.empty(scorer_cfg.key_hash())
+        self.memo: dict[int, float] = {}
+        self.memo_pairs = memo_pairs
+
+    @property
+    def scorer(self):
+        if self._scorer is None:
+            from labeler.models.scorers import make_scorer
+
+            self._scorer = make_scorer(self.scorer_cfg)
+        return self._scorer
+
+    def _raw_scores(self, premises: list[str]):
+        """Full raw matrix for ``premises``: cache, then memo, then the model for the rest."""
+        from labeler.cache import text_sha256
+
+        H = len(self.hypotheses)
+        keys = np.array([self.cache.pair_key(p, h) for p in premises for h in self.hypotheses], dtype=np.uint64)
+        found, raw = self.cache.lookup(keys)
+        n_cached = int(found.sum())
+        todo = []
+        for j in np.flatnonzero(~found):
+            k = int(keys[j])
+            if k in self.memo:
+                raw[j] = self.memo[k]
+                found[j] = True
+            else:
+                todo.append(j)
+        n_memo = int(found.sum()) - n_cached
+        new = {}
+        if todo:
+            pairs = [(int(j) // H, int(j) % H) for j in todo]
+            scored = self.scorer.score_pairs(premises, self.hypotheses, pairs)
+            for j, (p, h), value in zip(todo, pairs, scored):
+                raw[j] = value
+                new.setdefault(p, []).append((int(keys[j]), h, float(value)))
+                if len(self.memo) < self.memo_pairs:
+                    self.memo[int(keys[j])] = float(value)
+        shas = [text_sha256(p) for p in premises]
+        return raw.reshape(len(premises), H), new, shas, (n_cached, n_memo, len(todo))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         require_columns(self.name, batch, INPUT_COLUMNS)
@@ -83,14 +130,24 @@ class EntailStage:
         margin = [None] * n
         scores = [None] * n
         raw_scores = [None] * n
+        text_sha = [None] * n
+        new_keys, new_hyp, new_raw = [None] * n, [None] * n, [None] * n
+        counts = (0, 0, 0)
         if to_score:
             premises = list(to_score)
-            result = self.scorer.score(premises, self.hypotheses)
-            idx, top, marg = top_two(result.probs)
+            raw, new, shas, counts = self._raw_scores(premises)
+            probs = self.scorer_to_probs(raw)
+            idx, top, marg = top_two(probs)
             for p, rows in enumerate(to_score.values()):
+                if p in new:  # the first row of a transcript carries its newly scored pairs
+                    first = rows[0]
+                    new_keys[first] = [k for k, _, _ in new[p]]
+                    new_hyp[first] = [h for _, h, _ in new[p]]
+                    new_raw[first] = [v for _, _, v in new[p]]
                 for i in rows:
-                    scores[i] = result.probs[p].tolist()
-                    raw_scores[i] = result.raw[p].tolist()
+                    text_sha[i] = shas[p]
+                    scores[i] = probs[p].tolist()
+                    raw_scores[i] = raw[p].tolist()
                     conf[i] = float(top[p])
                     margin[i] = float(marg[p])
                     if top[p] < self.abstain.min_confidence:
@@ -111,9 +168,43 @@ class EntailStage:
                 "scores": pa.array(scores, pa.list_(pa.float32())),
                 "raw_scores": pa.array(raw_scores, pa.list_(pa.float32())),
                 "abstain_reason": pa.array(reason, pa.string()),
-                "scorer": pa.array([self.scorer.name] * n, pa.string()),
+                "scorer": pa.array([self.scorer_name] * n, pa.string()),
                 "template_hash": pa.array([self.template_hash] * n, pa.string()),
+                "text_sha256": pa.array(text_sha, pa.string()),
+                "new_pair_keys": pa.array(new_keys, pa.list_(pa.uint64())),
+                "new_pair_hyp": pa.array(new_hyp, pa.list_(pa.int32())),
+                "new_pair_raw": pa.array(new_raw, pa.list_(pa.float32())),
+                "n_pairs_cached": pa.array([counts[0]] + [0] * (n - 1), pa.int64()),
+                "n_pairs_memo": pa.array([counts[1]] + [0] * (n - 1), pa.int64()),
+                "n_pairs_scored": pa.array([counts[2]] + [0] * (n - 1), pa.int64()),
                 "t_score": pa.array([per_row] * n, pa.float64()),
             },
         )
         return check_rows(self.name, n, out)
+
+    def scorer_to_probs(self, raw: np.ndarray) -> np.ndarray:
+        """Probabilities from raw scores without loading the model (the rule is the backend's)."""
+        from labeler.models.scorers import probs_for_backend
+
+        return probs_for_backend(self.scorer_cfg, raw)
+
+
+def resolve_ref(obj):
+    """Cache objects travel as Ray object refs; fetch once per worker process."""
+    if obj is None:
+        return None
+    try:
+        import ray
+
+        if isinstance(obj, ray.ObjectRef):
+            key = obj.hex()
+            if key not in _REF_MEMO:
+                _REF_MEMO.clear()
+                _REF_MEMO[key] = ray.get(obj)
+            return _REF_MEMO[key]
+    except ImportError:  # pragma: no cover
+        pass
+    return obj
+
+
+_REF_MEMO: dict = {}

@@ -6,7 +6,7 @@ import pytest
 
 from labeler import schema as S
 from labeler.config import AbstainConfig, ScorerConfig
-from labeler.models.scorers import ScoreResult, Scorer, softmax
+from labeler.models.scorers import Scorer
 from labeler.stages.base import StageContractError, check_rows
 from labeler.stages.entail import EntailStage, abstain_before_scoring, top_two
 from labeler.taxonomy import parse_taxonomy
@@ -18,19 +18,19 @@ class CountingScorer(Scorer):
     backend, model_name = "fake", "overlap"
 
     def __init__(self):
-        self.premises_seen = []
+        self.pairs_seen = []
 
-    def score(self, premises, hypotheses):
-        self.premises_seen += list(premises)
-        raw = np.array([[float(sum(w in p.lower() for w in h.lower().split())) for h in hypotheses] for p in premises], np.float32)
-        return ScoreResult(raw, softmax(raw, axis=1))
+    def score_pairs(self, premises, hypotheses, pairs):
+        self.pairs_seen += [(premises[p], hypotheses[h]) for p, h in pairs]
+        return np.array([float(sum(w in premises[p].lower() for w in hypotheses[h].lower().split())) for p, h in pairs], np.float32)
 
 
-def make_stage(min_confidence=0.0):
-    stage = EntailStage.__new__(EntailStage)
-    tax = parse_taxonomy({"name": "t", "version": "1", "hypothesis_template": "{label}", "labels": ["happy", "sad", "angry"]})
-    stage.scorer, stage.abstain = CountingScorer(), AbstainConfig(min_confidence=min_confidence)
-    stage.labels, stage.hypotheses, stage.template_hash = tax.label_names, tax.hypotheses, tax.template_hash
+TAX = parse_taxonomy({"name": "t", "version": "1", "hypothesis_template": "{label}", "labels": ["happy", "sad", "angry"]})
+
+
+def make_stage(min_confidence=0.0, score_cache=None):
+    stage = EntailStage(ScorerConfig(backend="nli", model="fake"), AbstainConfig(min_confidence=min_confidence), TAX, score_cache)
+    stage._scorer = CountingScorer()  # no model load in a pure-logic test
     return stage
 
 
@@ -72,7 +72,13 @@ def test_entail_stage_outcomes_and_dedupe():
     assert [r["status"] for r in rows] == ["labeled", "labeled", "labeled", "abstained", "error", "abstained"]
     assert [r["label"] for r in rows] == ["happy", "happy", "sad", None, None, None]
     assert [r["abstain_reason"] for r in rows] == [None, None, None, "empty_transcript", None, "no_speech"]
-    assert stage.scorer.premises_seen == ["I am so happy", "sad sad day"]  # duplicate scored once
+    assert {p for p, _ in stage.scorer.pairs_seen} == {"I am so happy", "sad sad day"}  # duplicate scored once
+    assert len(stage.scorer.pairs_seen) == 6
+    # the newly scored pairs leave once per transcript, for the score cache
+    assert [len(r["new_pair_keys"] or []) for r in rows] == [3, 0, 3, 0, 0, 0]
+    # a later batch with the same transcript is served from the actor's memo
+    again = stage(batch(["I am so happy"])).to_pylist()[0]
+    assert len(stage.scorer.pairs_seen) == 6 and again["scores"] == pytest.approx(rows[0]["scores"])
     assert rows[0]["scores"] == pytest.approx(rows[1]["scores"]) and sum(rows[0]["scores"]) == pytest.approx(1.0, abs=1e-5)
     assert rows[0]["confidence"] == pytest.approx(max(rows[0]["scores"]))
     assert rows[4]["scores"] is None and rows[4]["error"].startswith("decode:")
@@ -82,6 +88,19 @@ def test_low_confidence_abstains_but_keeps_scores():
     out = make_stage(min_confidence=0.9)(batch(["happy"])).to_pylist()[0]
     assert out["status"] == "abstained" and out["abstain_reason"] == "low_confidence"
     assert out["label"] is None and len(out["scores"]) == 3
+
+
+def test_score_cache_hits_skip_the_model():
+    from labeler.cache import ScoreCache
+
+    cache = ScoreCache.empty(ScorerConfig(backend="nli", model="fake").key_hash())
+    keys = np.array(sorted(cache.pair_key("sad sad day", h) for h in ["happy", "sad"]), np.uint64)
+    raw = np.array([5.0 if k == cache.pair_key("sad sad day", "sad") else 0.0 for k in keys], np.float32)
+    stage = make_stage(score_cache=ScoreCache(keys, raw, cache.scorer_key))
+    row = stage(batch(["sad sad day"])).to_pylist()[0]
+    assert stage.scorer.pairs_seen == [("sad sad day", "angry")]  # only the uncached pair
+    assert row["raw_scores"] == pytest.approx([0.0, 5.0, 0.0]) and row["label"] == "sad"
+    assert row["n_pairs_cached"] == 2 and row["n_pairs_scored"] == 1
 
 
 def test_row_contract():

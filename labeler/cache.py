@@ -1,0 +1,183 @@
+"""Transcript and score caches, read from an output root's own tables.
+
+- **Transcripts** (``transcripts/``): keyed by audio sha256 x ASR config hash. A labeling
+  run sends through ASR only audio not yet transcribed with the same settings.
+- **Scores** (``scores/``): keyed by (scorer key, transcript text, hypothesis text). A new
+  taxonomy that shares labels with an old one scores only the new pairs.
+
+Both are loaded once on the driver into sorted ``uint64`` key arrays (binary search, 12-20
+bytes per entry) and shared with the workers through Ray's object store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from labeler.io import filesystem, join
+
+TRANSCRIPT_COLUMNS = ("audio_sha256", "duration_s", "text", "language", "language_prob", "avg_logprob", "no_speech_prob")
+
+
+def key64(*parts: str) -> int:
+    h = hashlib.blake2b(digest_size=8)
+    for p in parts:
+        h.update(p.encode("utf-8"))
+        h.update(b"\x00")
+    return int.from_bytes(h.digest(), "little")
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _lookup(keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Index into ``keys`` (sorted) of each wanted key, or -1."""
+    if len(keys) == 0 or len(wanted) == 0:
+        return np.full(len(wanted), -1, dtype=np.int64)
+    pos = np.searchsorted(keys, wanted)
+    pos = np.minimum(pos, len(keys) - 1)
+    return np.where(keys[pos] == wanted, pos, -1)
+
+
+def _read_table(root: str, sub: str, columns: list[str], filter_expr) -> Optional[pa.Table]:
+    import pyarrow.dataset as pads
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(join(root, sub))
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return None
+    ds = pads.dataset(path, filesystem=fs, format="parquet", partitioning="hive", exclude_invalid_files=False)
+    if not ds.files:
+        return None
+    return ds.to_table(columns=columns, filter=filter_expr)
+
+
+@dataclass
+class TranscriptCache:
+    keys: np.ndarray  # uint64, sorted: key64(audio_sha256)
+    table: pa.Table  # TRANSCRIPT_COLUMNS, rows aligned with keys
+    asr_config_hash: str
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @classmethod
+    def empty(cls, asr_config_hash: str) -> "TranscriptCache":
+        return cls(np.zeros(0, np.uint64), pa.table({c: pa.array([], pa.string()) for c in TRANSCRIPT_COLUMNS}), asr_config_hash)
+
+    @classmethod
+    def load(cls, root: str, asr_config_hash: str) -> "TranscriptCache":
+        import pyarrow.dataset as pads
+
+        f = (pads.field("asr_config_hash") == asr_config_hash) & pads.field("error").is_null() & pads.field("text").is_valid()
+        t = _read_table(root, "transcripts", [*TRANSCRIPT_COLUMNS, "created_at"], f)
+        if t is None or t.num_rows == 0:
+            return cls.empty(asr_config_hash)
+        # newest transcript per audio wins
+        t = t.sort_by([("audio_sha256", "ascending"), ("created_at", "descending")])
+        sha = t.column("audio_sha256").to_numpy(zero_copy_only=False)
+        first = np.ones(len(sha), bool)
+        first[1:] = sha[1:] != sha[:-1]
+        t = t.filter(pa.array(first)).select(list(TRANSCRIPT_COLUMNS))
+        keys = np.array([key64(s) for s in t.column("audio_sha256").to_pylist()], dtype=np.uint64)
+        order = np.argsort(keys, kind="stable")
+        return cls(keys[order], t.take(pa.array(order)), asr_config_hash)
+
+    def get(self, audio_sha256: str) -> Optional[dict]:
+        i = int(_lookup(self.keys, np.array([key64(audio_sha256)], np.uint64))[0])
+        if i < 0:
+            return None
+        row = self.table.slice(i, 1).to_pylist()[0]
+        return row if row["audio_sha256"] == audio_sha256 else None
+
+
+@dataclass
+class ScoreCache:
+    keys: np.ndarray  # uint64 sorted pair keys
+    raw: np.ndarray  # float32 aligned with keys
+    scorer_key: str
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @classmethod
+    def empty(cls, scorer_key: str) -> "ScoreCache":
+        return cls(np.zeros(0, np.uint64), np.zeros(0, np.float32), scorer_key)
+
+    @classmethod
+    def load(cls, root: str, scorer_key: str, hypotheses: Iterable[str]) -> "ScoreCache":
+        import pyarrow.dataset as pads
+
+        hyps = pa.array(sorted(set(hypotheses)), pa.string())
+        f = (pads.field("scorer_key") == scorer_key) & pads.field("hypothesis").isin(hyps)
+        t = _read_table(root, "scores", ["pair_key", "raw_score"], f)
+        if t is None or t.num_rows == 0:
+            return cls.empty(scorer_key)
+        keys = t.column("pair_key").to_numpy()
+        raw = t.column("raw_score").to_numpy()
+        keys, idx = np.unique(keys, return_index=True)  # a pair scored twice: any copy will do
+        return cls(keys.astype(np.uint64), raw[idx].astype(np.float32), scorer_key)
+
+    def pair_key(self, text: str, hypothesis: str) -> int:
+        return key64(self.scorer_key, text, hypothesis)
+
+    def lookup(self, pair_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(found mask, raw scores where found)."""
+        idx = _lookup(self.keys, pair_keys)
+        found = idx >= 0
+        raw = np.zeros(len(pair_keys), np.float32)
+        raw[found] = self.raw[idx[found]]
+        return found, raw
+
+
+def cache_summary(root: str) -> dict:
+    """What the caches hold: transcripts per ASR config, scores per scorer (for `lanser-label cache`)."""
+    out: dict = {"transcripts": [], "scores": []}
+    t = _read_table(root, "transcripts", ["asr_config_hash", "asr_model", "audio_sha256", "run_id", "error"], None)
+    if t is not None and t.num_rows:
+        t = t.filter(pc.is_null(t.column("error")))
+        g = t.group_by(["asr_config_hash", "asr_model"]).aggregate([("audio_sha256", "count_distinct"), ("run_id", "count_distinct")])
+        for r in g.to_pylist():
+            out["transcripts"].append({"asr_config_hash": r["asr_config_hash"], "asr_model": r["asr_model"],
+                                       "audio": r["audio_sha256_count_distinct"], "runs": r["run_id_count_distinct"]})
+    s = _read_table(root, "scores", ["scorer_key", "scorer", "pair_key", "hypothesis", "run_id"], None)
+    if s is not None and s.num_rows:
+        g = s.group_by(["scorer_key", "scorer"]).aggregate([("pair_key", "count_distinct"), ("hypothesis", "count_distinct"), ("run_id", "count_distinct")])
+        for r in g.to_pylist():
+            out["scores"].append({"scorer_key": r["scorer_key"], "scorer": r["scorer"], "pairs": r["pair_key_count_distinct"],
+                                  "hypotheses": r["hypothesis_count_distinct"], "runs": r["run_id_count_distinct"]})
+    return out
+
+
+def drop_cache_entries(root: str, asr_config_hashes: Iterable[str], scorer_keys: Iterable[str]) -> dict:
+    """Delete cached transcripts of the given ASR configs and scores of the given scorers.
+
+    Labels tables are never touched. Transcripts are partitioned by run, and one run uses
+    one ASR config, so whole run partitions are deleted; scores are partitioned by scorer.
+    """
+    import pyarrow.fs as pafs
+
+    asr = set(asr_config_hashes)
+    dropped = {"transcript_runs": [], "scorers": []}
+    fs, tpath = filesystem(join(root, "transcripts"))
+    for info in fs.get_file_info(pafs.FileSelector(tpath, allow_not_found=True)):
+        if info.type != pafs.FileType.Directory:
+            continue
+        t = _read_table(root, f"transcripts/{info.base_name}", ["asr_config_hash"], None)
+        hashes = set(t.column("asr_config_hash").to_pylist()) if t is not None else set()
+        if hashes and hashes <= asr:
+            fs.delete_dir(info.path)
+            dropped["transcript_runs"].append(info.base_name.removeprefix("run_id="))
+    fs, spath = filesystem(join(root, "scores"))
+    for key in set(scorer_keys):
+        p = f"{spath}/scorer_key={key}"
+        if fs.get_file_info(p).type == pafs.FileType.Directory:
+            fs.delete_dir(p)
+            dropped["scorers"].append(key)
+    return dropped
