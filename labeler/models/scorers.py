@@ -56,7 +56,7 @@ class Scorer:
 
     def to_probs(self, raw: np.ndarray) -> np.ndarray:
         """Per-premise probability over the hypotheses from a full raw matrix."""
-        return softmax(raw, axis=1)
+        return probs_for_backend(self.backend, raw, getattr(self, "temperature", 1.0))
 
 
 def _torch_device(device: str) -> str:
@@ -188,14 +188,12 @@ class EmbeddingScorer(Scorer):
         emb = dict(zip(used, self._encode([premises[p] for p in used])))
         return np.array([float(emb[p] @ hyp[h]) for p, h in pairs], dtype=np.float32)
 
-    def to_probs(self, raw: np.ndarray) -> np.ndarray:
-        return softmax(raw / self.temperature, axis=1)  # as probs_for_backend
 
-
-def probs_for_backend(cfg, raw: np.ndarray) -> np.ndarray:
-    """The backend's raw -> probability rule, usable without loading its model."""
-    if cfg.backend == "embedding":
-        return softmax(raw / cfg.temperature, axis=1)
+def probs_for_backend(backend: str, raw: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """The backend's raw -> probability rule, usable without loading its model: softmax over
+    the labels of the entailment logits (nli) or of cosine / temperature (embedding)."""
+    if backend == "embedding":
+        return softmax(raw / temperature, axis=1)
     return softmax(raw, axis=1)
 
 

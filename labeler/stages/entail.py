@@ -186,7 +186,7 @@ class EntailStage:
         """Probabilities from raw scores without loading the model (the rule is the backend's)."""
         from labeler.models.scorers import probs_for_backend
 
-        return probs_for_backend(self.scorer_cfg, raw)
+        return probs_for_backend(self.scorer_cfg.backend, raw, self.scorer_cfg.temperature)
 
 
 def resolve_ref(obj):
