@@ -1,0 +1,7 @@
+"""``python -m trainer`` == ``lanser-train``."""
+
+import sys
+
+from trainer.cli import main
+
+sys.exit(main())

@@ -1,0 +1,115 @@
+"""The checkpoint directory format, and finding and loading checkpoints.
+
+A checkpoint is a directory (local, or under an ``s3://`` / ``gs://`` storage path that Ray
+Train persisted it to)::
+
+    meta.json        format, epoch, global_step, taxonomy + label names, model and feature
+                     settings, this epoch's metrics, the run's history and attempts so far
+    model.pt         the model's state_dict (encoder.* and head.*)
+    train_state.pt   optimizer, LR scheduler and grad-scaler state (for resuming)
+
+``meta.json`` carries everything needed to rebuild the model and featurize exactly as in
+training, so ``evaluate`` and ``finetune`` need nothing but the checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from typing import Iterator
+
+FORMAT = "lanser-ser/1"
+META = "meta.json"
+MODEL = "model.pt"
+TRAIN_STATE = "train_state.pt"
+REPORT = "report.json"
+
+
+class CheckpointError(ValueError):
+    """The path is not a lanser checkpoint (or a run directory that names one)."""
+
+
+def _is_local(ref: str) -> bool:
+    from labeler.io import is_local
+
+    return is_local(ref)
+
+
+def resolve_checkpoint(ref: str) -> str:
+    """A checkpoint directory for ``ref``: the directory itself, or, for a run's
+    ``output_dir`` (holding ``report.json``), the best checkpoint the report names."""
+    from labeler.io import local_path
+
+    if _is_local(ref):
+        path = os.path.abspath(os.path.expanduser(local_path(ref)))
+        if os.path.isfile(os.path.join(path, META)):
+            return path
+        report = os.path.join(path, REPORT)
+        if os.path.isfile(report):
+            with open(report, encoding="utf-8") as f:
+                best = (json.load(f).get("best_checkpoint") or {}).get("path")
+            if not best:
+                raise CheckpointError(f"{report} names no best checkpoint (did the run finish an epoch?)")
+            return best
+        raise CheckpointError(
+            f"{ref} is neither a checkpoint (a directory with {META}, {MODEL}) nor a run output_dir with {REPORT}"
+        )
+    return ref.rstrip("/")
+
+
+@contextlib.contextmanager
+def open_checkpoint(ref: str) -> Iterator[str]:
+    """Yields a local directory with the checkpoint's files (downloaded for a URI)."""
+    path = resolve_checkpoint(ref)
+    if _is_local(path):
+        yield path
+        return
+    import ray.train
+
+    with ray.train.Checkpoint(path).as_directory() as local:
+        if not os.path.isfile(os.path.join(local, META)):
+            raise CheckpointError(f"{path} holds no {META}: not a lanser checkpoint")
+        yield local
+
+
+def read_meta(directory: str) -> dict:
+    with open(os.path.join(directory, META), encoding="utf-8") as f:
+        meta = json.load(f)
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{directory}: checkpoint format {meta.get('format')!r}, expected {FORMAT!r}")
+    return meta
+
+
+def write_checkpoint(directory: str, *, model_state: dict, train_state: dict | None, meta: dict) -> None:
+    import torch
+
+    os.makedirs(directory, exist_ok=True)
+    torch.save(model_state, os.path.join(directory, MODEL))
+    if train_state is not None:
+        torch.save(train_state, os.path.join(directory, TRAIN_STATE))
+    with open(os.path.join(directory, META), "w", encoding="utf-8") as f:
+        json.dump({"format": FORMAT, **meta}, f, indent=1)
+
+
+def load_states(directory: str, *, train_state: bool = False, device: str = "cpu") -> tuple[dict, dict, dict | None]:
+    """(meta, model state_dict, train state or None) from a local checkpoint directory."""
+    import torch
+
+    meta = read_meta(directory)
+    model_state = torch.load(os.path.join(directory, MODEL), map_location=device, weights_only=True)
+    ts = None
+    if train_state and os.path.isfile(os.path.join(directory, TRAIN_STATE)):
+        ts = torch.load(os.path.join(directory, TRAIN_STATE), map_location=device, weights_only=False)
+    return meta, model_state, ts
+
+
+def load_model(ref: str, device: str = "cpu"):
+    """(SERModel in eval mode, meta) from any checkpoint reference."""
+    from trainer.model import ModelSpec, SERModel
+
+    with open_checkpoint(ref) as directory:
+        meta, state, _ = load_states(directory, device=device)
+    model = SERModel(ModelSpec.from_dict(meta["model"]), len(meta["label_names"]))
+    model.load_state_dict(state)
+    return model.to(device).eval(), meta

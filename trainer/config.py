@@ -1,0 +1,354 @@
+"""Typed, validated job configs for ``lanser-train`` (pydantic; every field described).
+
+A job config is a YAML file whose first line is the command that runs it; flags and
+``--set key.sub=value`` override it; :func:`load_config` validates the result and
+raises :class:`ConfigError` listing *every* problem at once, each naming the field, the
+value received and what is allowed.
+
+    >>> from trainer.config import build_config
+    >>> cfg = build_config("pretrain", {"data": {"root": "out", "taxonomy": "ekman"}, "output_dir": "runs/pt"})
+    >>> cfg.scaling.num_workers, cfg.train.label_mode
+    (1, 'hard')
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=-]*$")
+
+
+class ConfigError(ValueError):
+    """An invalid job config; ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str], source: str = "config"):
+        self.problems = problems
+        self.source = source
+        super().__init__(f"invalid {source} ({len(problems)} problem{'s' * (len(problems) != 1)}): " + "; ".join(problems))
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class _TaxonomySection(_Section):
+    @field_validator("taxonomy", check_fields=False)
+    @classmethod
+    def _taxonomy_loads(cls, value: str) -> str:
+        from labeler.taxonomy import TaxonomyError, load_taxonomy
+
+        try:
+            load_taxonomy(value)
+        except TaxonomyError as exc:
+            raise ValueError(str(exc).splitlines()[0]) from None
+        return value
+
+
+# --------------------------------------------------------------------------- data
+
+
+class LabelsData(_TaxonomySection):
+    """The labeler's weak-labels table (``<root>/labels/taxonomy=../taxonomy_version=../run_id=..``)."""
+
+    kind: Literal["labels"] = Field("labels", description="a lanser labels table")
+    root: str = Field(description="the labeler's output root (local path or URI), the directory holding labels/ and runs/")
+    taxonomy: str = Field(description="taxonomy name (shipped: ekman, iemocap4, goemotions) or path of its YAML; sets the class head")
+    taxonomy_version: str | None = Field(None, description="taxonomy_version partition to read; null = the taxonomy file's version")
+    run_id: str | None = Field(None, description="run_id partition to read; null = the latest committed run (runs/<run>.json), else the latest run")
+    min_confidence: float = Field(0.0, ge=0.0, le=1.0, description="drop labeled rows whose confidence (top score) is below this")
+    val_fraction: float = Field(0.1, gt=0.0, le=0.5, description="share of utterances held out for validation (stable hash of utt_id)")
+    audio_root: str | None = Field(None, description="directory that relative URIs in the table are relative to; null = the launch directory")
+    cache_features: bool = Field(
+        False, description="decode + featurize once and keep the features in Ray's object store for all epochs (fixed crops); for tables that fit in cluster memory"
+    )
+
+
+class CorpusData(_TaxonomySection):
+    """A labeled emotion corpus in its published layout, or a generic manifest."""
+
+    kind: Literal["ravdess", "crema-d", "iemocap", "manifest"] = Field(
+        description="ravdess | crema-d | iemocap (published layouts) | manifest (CSV/Parquet/JSONL with uri, label, optional speaker, utt_id, split)"
+    )
+    path: str = Field(description="the corpus root directory, or the manifest file")
+    taxonomy: str = Field("iemocap4", description="taxonomy the corpus classes are mapped onto (sets the class head)")
+    label_map: dict[str, str | None] = Field(
+        default_factory=dict,
+        description="overrides of the built-in class mapping: corpus class -> taxonomy label, or null to drop it (e.g. {calm: neutral})",
+    )
+    test_groups: list[str] | None = Field(
+        None, description="speakers (RAVDESS Actor_NN, CREMA-D 1001..) or sessions (IEMOCAP Session5) held out for test; null = test_fraction of them"
+    )
+    val_groups: list[str] | None = Field(None, description="groups held out for validation; null = val_fraction of the rest")
+    test_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="share of groups for test when test_groups is null")
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of groups for validation when val_groups is null")
+    seed: int = Field(0, description="seed of the group split and of training-set subsampling")
+    include_song: bool = Field(False, description="RAVDESS only: also use the sung recordings (vocal channel 02)")
+    cache_features: bool = Field(
+        True, description="decode + featurize once and keep the features in Ray's object store for all epochs (fixed crops); labeled corpora are small enough"
+    )
+
+
+_DATA_KINDS = {"labels", "ravdess", "crema-d", "iemocap", "manifest"}
+DataConfig = Annotated[Union[LabelsData, CorpusData], Field(discriminator="kind")]
+
+
+# --------------------------------------------------------------------------- training
+
+
+class FeatureConfig(_Section):
+    n_mels: int = Field(64, ge=8, le=256, description="mel bands")
+    win_ms: float = Field(25.0, gt=0, le=100, description="STFT window, milliseconds")
+    hop_ms: float = Field(10.0, gt=0, le=50, description="STFT hop, milliseconds")
+    fmin: float = Field(20.0, ge=0, description="lowest mel edge, Hz")
+    fmax: float | None = Field(None, gt=0, le=8000, description="highest mel edge, Hz; null = 8000 (Nyquist at 16 kHz)")
+    max_seconds: float = Field(6.0, gt=0, le=60, description="clips are cropped (training: random window) or zero-padded to this length")
+    normalize: Literal["utterance_mean", "none"] = Field("utterance_mean", description="subtract each mel band's mean over the clip")
+
+    def spec(self):
+        from trainer.features import FeatureSpec
+
+        return FeatureSpec(**self.model_dump())
+
+
+class ModelConfig(_Section):
+    channels: int = Field(32, ge=4, le=512, description="channels of the first ResNet stage (doubled per stage)")
+    blocks: list[int] = Field([2, 2, 2], min_length=1, max_length=6, description="residual blocks per stage")
+    embed_dim: int = Field(192, ge=8, le=4096, description="utterance embedding size (what evaluate exports)")
+    pooling: Literal["attentive", "meanstd"] = Field("attentive", description="utterance pooling: attentive statistics or plain mean+std")
+    dropout: float = Field(0.2, ge=0.0, lt=1.0, description="dropout before the class head")
+
+    @field_validator("blocks")
+    @classmethod
+    def _blocks_positive(cls, v: list[int]) -> list[int]:
+        if any(b < 1 for b in v):
+            raise ValueError("every stage needs at least 1 block")
+        return v
+
+
+class OptimConfig(_Section):
+    lr: float = Field(1e-3, gt=0, le=1.0, description="peak AdamW learning rate")
+    weight_decay: float = Field(1e-2, ge=0, description="AdamW weight decay")
+    warmup_epochs: int = Field(1, ge=0, description="linear warm-up epochs before the cosine decay")
+    grad_clip: float | None = Field(5.0, gt=0, description="max gradient norm; null = no clipping")
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(20, ge=1, description="epochs (full passes over the training split)")
+    batch_size: int = Field(32, ge=1, description="utterances per batch per worker")
+    label_mode: Literal["hard", "soft"] = Field("hard", description="hard: top-1 label; soft: the stored score distribution as target")
+    soft_temperature: float = Field(1.0, gt=0, description="soft targets are scores^(1/T), renormalized: T < 1 sharpens, T > 1 flattens")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing for hard labels")
+    class_weighting: Literal["none", "balanced"] = Field("none", description="balanced: weight each class by total / (classes x count)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto = bf16 autocast on GPUs that support it, fp16 on older ones, fp32 on CPU")
+    shuffle_buffer: int = Field(256, ge=0, description="rows in each worker's local shuffle buffer (0 = no shuffling)")
+    seed: int = Field(0, description="model initialization seed")
+
+
+class _ComputeSection(_Section):
+    use_gpu: bool = Field(False, description="one GPU per model replica (training worker or inference actor)")
+    data_cpus: float = Field(1.0, gt=0, description="CPUs per decode + log-mel task (Ray Data map_batches)")
+    data_batch_size: int = Field(16, ge=1, description="clips per decode + log-mel task batch")
+
+
+class ScalingConfig(_ComputeSection):
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (one per GPU on a cluster); mixed precision on GPUs")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per training worker (fractions allowed)")
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=dict, description="more Ray resources per worker, e.g. {GPU: 0.5} to share GPUs or a custom node resource; CPU is cpus_per_worker"
+    )
+
+    @field_validator("resources_per_worker")
+    @classmethod
+    def _resources(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: x for k, x in v.items() if x < 0 or k == "CPU"}
+        if bad:
+            raise ValueError(f"amounts must be >= 0 and CPU is set by cpus_per_worker; not {bad}")
+        return v
+
+
+class CheckpointConfig(_Section):
+    num_to_keep: int = Field(2, ge=1, description="checkpoints kept (best by metric; the latest is always kept too, for resuming)")
+    metric: Literal["val_ua", "val_wa", "val_macro_f1", "val_loss"] = Field("val_ua", description="validation metric that ranks checkpoints")
+
+    @property
+    def mode(self) -> str:
+        return "min" if self.metric == "val_loss" else "max"
+
+
+class RayConfig(_Section):
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray started when RAY_ADDRESS is unset; null = all")
+
+
+class _JobConfig(_Section):
+    output_dir: str = Field(description="local directory for the report, plots and exported embeddings")
+    ray: RayConfig = Field(default_factory=RayConfig, description="local Ray settings (ignored when RAY_ADDRESS is set)")
+    progress: bool = Field(True, description="show Ray Data progress bars")
+
+    @field_validator("output_dir")
+    @classmethod
+    def _nonempty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must be a non-empty path")
+        return v
+
+
+class _TrainJobConfig(_JobConfig):
+    data: DataConfig
+    features: FeatureConfig = Field(default_factory=FeatureConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    storage_path: str | None = Field(None, description="where Ray Train keeps checkpoints (local path, s3://, gs://); null = <output_dir>/checkpoints")
+    name: str = Field(description="run name under storage_path; rerunning the same command resumes it")
+    resume: bool = Field(True, description="resume from the latest checkpoint of a run with this name; false = refuse to reuse the name")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError(f"must be letters, digits and _ . = - (no slashes), got {v!r}")
+        return v
+
+    def storage(self) -> str:
+        return self.storage_path or os.path.join(os.path.abspath(self.output_dir), "checkpoints")
+
+
+class PretrainConfig(_TrainJobConfig):
+    """``lanser-train pretrain``: train on a weak-labels table."""
+
+    data: LabelsData
+    name: str = Field("pretrain", description="run name under storage_path; rerunning the same command resumes it")
+
+
+class FinetuneConfig(_TrainJobConfig):
+    """``lanser-train finetune``: train on a labeled corpus, optionally from a pretrained encoder."""
+
+    name: str = Field("finetune", description="run name under storage_path; rerunning the same command resumes it")
+    init_checkpoint: str | None = Field(
+        None, description="pretrained checkpoint (a checkpoint directory, or a run's output_dir holding report.json); its encoder, model and feature settings are used"
+    )
+    freeze_encoder: bool = Field(False, description="train only the new class head (a linear probe)")
+    train_fraction: float = Field(1.0, gt=0, le=1, description="class-stratified share of the training split to use")
+
+
+class SweepConfig(FinetuneConfig):
+    """``lanser-train sweep``: label-efficiency sweep, pretrained vs from scratch."""
+
+    name: str = Field("sweep", description="prefix of the run names of the sweep's fine-tunes")
+    init_checkpoint: str = Field(description="the weak-label-pretrained checkpoint compared against training from scratch")
+    fractions: list[float] = Field([0.01, 0.05, 0.1, 0.25, 1.0], min_length=1, description="shares of the labeled training split")
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        bad = [f for f in v if not 0 < f <= 1]
+        if bad:
+            raise ValueError(f"every fraction must be in (0, 1]; {bad} are not")
+        return sorted(set(v))
+
+
+class InferenceConfig(_ComputeSection):
+    concurrency: int = Field(1, ge=1, description="model replicas (Ray Data actors)")
+    cpus: float = Field(1.0, gt=0, description="CPUs per replica")
+    batch_size: int = Field(32, ge=1, description="clips per inference batch")
+
+
+class EvaluateConfig(_JobConfig):
+    """``lanser-train evaluate``: metrics of a checkpoint on a split; optional embedding export."""
+
+    checkpoint: str = Field(description="a checkpoint directory, or a run's output_dir holding report.json (its best checkpoint)")
+    data: DataConfig
+    split: Literal["train", "val", "test", "all"] = Field("test", description="which split of data to evaluate on")
+    embeddings: bool = Field(False, description="also write <output_dir>/embeddings/ (Parquet: utt_id, embedding list<float32>, label, split)")
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
+
+
+CONFIGS: dict[str, type[_JobConfig]] = {
+    "pretrain": PretrainConfig,
+    "finetune": FinetuneConfig,
+    "sweep": SweepConfig,
+    "evaluate": EvaluateConfig,
+}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _format_error(err: dict) -> str:
+    loc = [str(p) for p in err["loc"]]
+    if len(loc) > 1 and loc[0] == "data" and loc[1] in _DATA_KINDS:
+        del loc[1]  # the discriminated union's tag, not a field
+    field = ".".join(loc) or "<root>"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "missing":
+        return f"{field}: required field is missing"
+    if err["type"] == "extra_forbidden":
+        return f"{field}: unknown field (got {err['input']!r})"
+    return f"{field}: {msg} (got {err['input']!r})"
+
+
+def build_config(command: str, data: dict[str, Any], source: str = "config"):
+    """Validate a parsed config for ``command``; raises :class:`ConfigError` with all problems."""
+    if command not in CONFIGS:
+        raise ConfigError([f"unknown command {command!r} (allowed: {sorted(CONFIGS)})"], source)
+    if not isinstance(data, dict):
+        raise ConfigError([f"a config must be a mapping of fields, got {type(data).__name__}"], source)
+    try:
+        return CONFIGS[command].model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([_format_error(e) for e in exc.errors()], source) from None
+
+
+def apply_override(data: dict, key: str, value: Any) -> None:
+    """Set ``data[a][b][c] = value`` for ``key = "a.b.c"``, creating mappings on the way."""
+    parts = key.split(".")
+    node = data
+    for p in parts[:-1]:
+        if not isinstance(node.get(p), dict):
+            node[p] = {}
+        node = node[p]
+    node[parts[-1]] = value
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """``"train.epochs=3"`` -> ``("train.epochs", 3)``; the value is read as YAML."""
+    import yaml
+
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError([f"--set {item!r}: expected key=value, e.g. train.epochs=3"], "command line")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def load_config(command: str, path: str | None, overrides: list[tuple[str, Any]] = ()):
+    """Read a YAML config (optional), apply ``(key, value)`` overrides, validate."""
+    import copy
+
+    import yaml
+
+    data: dict = {}
+    source = path or "command line"
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise ConfigError([f"config file not found: {path}"], source) from None
+        except yaml.YAMLError as exc:
+            raise ConfigError([f"not valid YAML: {' '.join(str(exc).split())}"], source) from None
+        if not isinstance(data, dict):
+            raise ConfigError([f"a config must be a mapping of fields, got {type(data).__name__}"], source)
+    data = copy.deepcopy(data)
+    for key, value in overrides:
+        apply_override(data, key, value)
+    return build_config(command, data, source)

@@ -1,0 +1,224 @@
+"""Driver side of ``pretrain`` and ``finetune``: data -> TorchTrainer -> report.
+
+Both commands run the same recipe (:mod:`trainer.recipe`) on Ray Train; they differ in
+where rows come from and how the model starts:
+
+* :func:`pretrain` reads the weak-labels table and trains from scratch;
+* :func:`finetune` reads a labeled corpus, starts from a pretrained encoder when
+  ``init_checkpoint`` is set (new class head sized for the corpus's taxonomy), and
+  evaluates the best checkpoint on the held-out speakers at the end.
+
+Checkpoints go to ``RunConfig(storage_path, name)``; running the same command again resumes
+the run from its latest checkpoint (Ray Train restores the run's checkpoint state and the
+recipe's ``ray.train.get_checkpoint()`` returns it). The best checkpoint by the validation
+metric is kept (``CheckpointConfig(checkpoint_score_attribute=...)``) and named in the report.
+
+    >>> from trainer.config import load_config
+    >>> from trainer.jobs import pretrain
+    >>> report = pretrain(load_config("pretrain", "trainer/configs/pretrain.yaml"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import datetime, timezone
+
+
+class JobError(RuntimeError):
+    """A fatal problem the user can fix; the message says how."""
+
+
+def write_json(path: str, data: dict) -> None:
+    """Write JSON atomically (a reader never sees half a report)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+def class_weights(counts: list[int]) -> list[float]:
+    """``total / (classes present x count)`` per class; 1.0 for classes with no rows."""
+    present = [c for c in counts if c > 0]
+    total = sum(present)
+    return [total / (len(present) * c) if c > 0 else 1.0 for c in counts]
+
+
+def _run_exists(storage: str, name: str) -> bool:
+    import pyarrow.fs as pafs
+
+    from labeler.io import filesystem, join
+
+    fs, base = filesystem(storage)
+    return fs.get_file_info(join(base, name, "checkpoint_manager_snapshot.json")).type == pafs.FileType.File
+
+
+def fit(cfg, *, job: str, prepared, model: dict, features: dict, init_checkpoint: str | None = None) -> dict:
+    """Run the recipe on Ray Train; returns the latest checkpoint's meta and both checkpoints."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from trainer.checkpoint import read_meta
+    from trainer.data import featurize
+    from trainer.features import FeatureSpec
+    from trainer.recipe import train_loop_per_worker
+
+    storage = cfg.storage()
+    if not cfg.resume and _run_exists(storage, cfg.name):
+        raise JobError(f"a run named {cfg.name!r} already exists under {storage}; set resume: true to continue it, or choose another name")
+    for split in ("train", "val"):
+        if prepared.split_size(split) == 0:
+            raise JobError(f"the {split} split of {prepared.kind} data is empty ({prepared.summary.get('splits')}); adjust the split settings")
+    spec = FeatureSpec(**features)
+    num_classes = len(prepared.label_names)
+    scaling = cfg.scaling
+
+    def stream(split: str):
+        ds = featurize(
+            prepared.rows(split), spec=spec, num_classes=num_classes, train=split == "train",
+            data_cpus=scaling.data_cpus, batch_size=scaling.data_batch_size, base_dir=prepared.base_dir,
+        )
+        # Cached: decoded once into the object store (spread over the cluster), reused every epoch.
+        return ds.materialize() if prepared.cache_features else ds
+
+    loop_config = {
+        "job": job,
+        "taxonomy": {"name": prepared.taxonomy.name, "version": prepared.taxonomy.version},
+        "label_names": prepared.label_names,
+        "model": model,
+        "features": features,
+        "optim": cfg.optim.model_dump(),
+        "train": cfg.train.model_dump(),
+        "cpus_per_worker": scaling.cpus_per_worker,
+        "checkpoint_metric": cfg.checkpoint.metric,
+        "checkpoint_mode": cfg.checkpoint.mode,
+        "class_weights": class_weights(prepared.class_counts("train")) if cfg.train.class_weighting == "balanced" else None,
+        "init_checkpoint": init_checkpoint,
+        "freeze_encoder": bool(getattr(cfg, "freeze_encoder", False)),
+    }
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=scaling.num_workers,
+            use_gpu=scaling.use_gpu,
+            resources_per_worker={"CPU": scaling.cpus_per_worker, **scaling.resources_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name=cfg.name,
+            storage_path=storage,
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=cfg.checkpoint.num_to_keep,
+                checkpoint_score_attribute=cfg.checkpoint.metric,
+                checkpoint_score_order=cfg.checkpoint.mode,
+            ),
+        ),
+        datasets={"train": stream("train"), "val": stream("val")},
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise JobError(f"run {cfg.name!r} finished without reporting a checkpoint")
+    with result.checkpoint.as_directory() as directory:
+        meta = read_meta(directory)
+    metric = cfg.checkpoint.metric
+    pick = max if cfg.checkpoint.mode == "max" else min
+    best_ckpt, best_metrics = pick(result.best_checkpoints or [(result.checkpoint, meta["metrics"])], key=lambda cm: cm[1][metric])
+    latest = _checkpoint_uri(result.checkpoint.path, storage)
+    return {
+        "meta": meta,
+        "latest_checkpoint": latest,
+        "best_checkpoint": {"path": _checkpoint_uri(best_ckpt.path, storage), "epoch": best_metrics["epoch"], "metric": metric, "value": best_metrics[metric]},
+        "run_path": latest.rstrip("/").rsplit("/", 1)[0],
+    }
+
+
+def _checkpoint_uri(path: str, storage: str) -> str:
+    """Ray gives checkpoint paths inside their filesystem (``bucket/key`` for S3); put the
+    storage URI's scheme back so the report's paths can be used as they are."""
+    scheme, sep, _ = storage.partition("://")
+    return f"{scheme}://{path.lstrip('/')}" if sep and "://" not in path else path
+
+
+def _report(cfg, job: str, prepared, outcome: dict, started: float, **extra) -> dict:
+    meta = outcome["meta"]
+    history = meta["history"]
+    return {
+        "command": job,
+        "status": "completed",
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "wall_time_s": round(time.time() - started, 2),
+        "name": cfg.name,
+        "storage_path": cfg.storage(),
+        "run_path": outcome["run_path"],
+        "taxonomy": meta["taxonomy"],
+        "label_names": meta["label_names"],
+        "data": prepared.summary,
+        "model": meta["model"],
+        "features": meta["features"],
+        "epochs_completed": meta["epoch"] + 1,
+        "global_step": meta["global_step"],
+        "attempts": meta["attempts"],
+        "resumed": len(meta["attempts"]) > 1 or meta["attempts"][0]["start_epoch"] > 0,
+        "history": history,
+        "final_metrics": history[-1] if history else None,
+        "best_checkpoint": outcome["best_checkpoint"],
+        "latest_checkpoint": outcome["latest_checkpoint"],
+        "config": cfg.model_dump(mode="json"),
+        **extra,
+    }
+
+
+def pretrain(cfg) -> dict:
+    """``lanser-train pretrain``: weak labels -> SER model. Returns (and writes) the report."""
+    from trainer.data import prepare_data
+    from trainer.model import ModelSpec, SERModel, count_parameters
+
+    started = time.time()
+    prepared = prepare_data(cfg.data)
+    features = cfg.features.model_dump()
+    model = {**cfg.model.model_dump(), "n_mels": cfg.features.n_mels}
+    outcome = fit(cfg, job="pretrain", prepared=prepared, model=model, features=features)
+    params = count_parameters(SERModel(ModelSpec.from_dict(model), len(prepared.label_names)))
+    report = _report(cfg, "pretrain", prepared, outcome, started, parameters=params)
+    write_json(os.path.join(cfg.output_dir, "report.json"), report)
+    return report
+
+
+def finetune(cfg, prepared=None) -> dict:
+    """``lanser-train finetune``: a labeled corpus (optionally from a pretrained encoder) ->
+    SER model, evaluated on the held-out test speakers. ``prepared`` lets the sweep reuse
+    one resolved corpus."""
+    from trainer.checkpoint import open_checkpoint, read_meta, resolve_checkpoint
+    from trainer.data import prepare_data
+    from trainer.evaluate import evaluate_rows
+
+    started = time.time()
+    prepared = prepared or prepare_data(cfg.data)
+    prepared = prepared.with_train_fraction(cfg.train_fraction, seed=getattr(cfg.data, "seed", 0))
+    init = None
+    features = cfg.features.model_dump()
+    model = {**cfg.model.model_dump(), "n_mels": cfg.features.n_mels}
+    if cfg.init_checkpoint:
+        init = resolve_checkpoint(cfg.init_checkpoint)
+        with open_checkpoint(init) as directory:
+            init_meta = read_meta(directory)
+        features, model = init_meta["features"], init_meta["model"]  # the encoder defines both
+    outcome = fit(cfg, job="finetune", prepared=prepared, model=model, features=features, init_checkpoint=init)
+    test = None
+    if prepared.split_size("test"):
+        test = evaluate_rows(
+            outcome["best_checkpoint"]["path"],
+            prepared,
+            split="test",
+            concurrency=1,
+            use_gpu=cfg.scaling.use_gpu,
+            cpus=cfg.scaling.cpus_per_worker,
+            batch_size=cfg.train.batch_size,
+            data_cpus=cfg.scaling.data_cpus,
+            data_batch_size=cfg.scaling.data_batch_size,
+        )
+    report = _report(cfg, "finetune", prepared, outcome, started, init_checkpoint=init, test=test)
+    write_json(os.path.join(cfg.output_dir, "report.json"), report)
+    return report

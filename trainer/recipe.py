@@ -1,0 +1,308 @@
+"""The training recipe that runs inside every Ray Train worker.
+
+One readable class in torchtune's style: :meth:`SERTrainRecipe.setup` builds the model,
+optimizer and data iterators and restores the latest checkpoint if Ray Train has one;
+:meth:`~SERTrainRecipe.train` runs the epochs; :meth:`~SERTrainRecipe.save_checkpoint`
+reports metrics and a checkpoint to Ray Train every epoch; :meth:`~SERTrainRecipe.cleanup`
+releases what setup took. :func:`train_loop_per_worker` is the thin function handed to
+``TorchTrainer``.
+
+The loop config is a plain dict built by :mod:`trainer.jobs` (model, features, optim,
+train settings, label names, optional init checkpoint).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import tempfile
+import time
+from datetime import datetime, timezone
+
+logger = logging.getLogger("lanser.trainer")
+
+
+def lr_factor(epoch: int, epochs: int, warmup: int) -> float:
+    """Linear warm-up over ``warmup`` epochs, then cosine decay to 5% of the peak."""
+    if epoch < warmup:
+        return (epoch + 1) / (warmup + 1)
+    progress = (epoch - warmup) / max(1, epochs - warmup)
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def soft_targets(scores, temperature: float):
+    """Temperature-scaled score distribution: ``p^(1/T) / sum p^(1/T)``."""
+    import torch
+
+    return torch.softmax(torch.log(scores.float().clamp_min(1e-8)) / temperature, dim=-1)
+
+
+class SERTrainRecipe:
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+        self.tcfg = cfg["train"]
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self) -> None:
+        import ray.train
+        import ray.train.torch
+        import torch
+
+        from trainer.checkpoint import load_states, open_checkpoint
+        from trainer.model import ModelSpec, SERModel
+
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+        if self.device.type == "cpu":
+            torch.set_num_threads(max(1, int(self.cfg["cpus_per_worker"])))
+        torch.manual_seed(self.tcfg["seed"])
+
+        self.label_names = self.cfg["label_names"]
+        num_classes = len(self.label_names)
+        model = SERModel(ModelSpec.from_dict(self.cfg["model"]), num_classes)
+        init = self.cfg.get("init_checkpoint")
+        if init:
+            with open_checkpoint(init) as directory:
+                _, state, _ = load_states(directory)
+            encoder_state = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+            model.encoder.load_state_dict(encoder_state)  # strict: a size mismatch is an error, not a silent partial load
+        self.freeze_encoder = bool(self.cfg.get("freeze_encoder"))
+        if self.freeze_encoder:
+            model.encoder.requires_grad_(False)
+        model.to(self.device)
+
+        params = [p for p in model.parameters() if p.requires_grad]
+        ocfg = self.cfg["optim"]
+        self.optimizer = torch.optim.AdamW(params, lr=ocfg["lr"], weight_decay=ocfg["weight_decay"])
+        epochs, warmup = self.tcfg["epochs"], ocfg["warmup_epochs"]
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: lr_factor(e, epochs, warmup))
+
+        self.amp_dtype = self._amp_dtype(torch)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        weights = self.cfg.get("class_weights")
+        self.class_weights = torch.tensor(weights, dtype=torch.float32, device=self.device) if weights else None
+
+        self.state = {"epoch": -1, "global_step": 0, "history": [], "attempts": [], "best": None}
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as directory:
+                meta, state, train_state = load_states(directory, train_state=True, device=str(self.device))
+            model.load_state_dict(state)
+            self.optimizer.load_state_dict(train_state["optimizer"])
+            self.scheduler.load_state_dict(train_state["scheduler"])
+            self.scaler.load_state_dict(train_state["scaler"])
+            self.state = {k: meta[k] for k in self.state}
+        self.start_epoch = self.state["epoch"] + 1
+        self.state["attempts"].append({
+            "start_epoch": self.start_epoch,
+            "start_global_step": self.state["global_step"],
+            "resumed_from": checkpoint.path if checkpoint is not None else None,
+            "world_size": self.world,
+            "device": self.device.type,
+            "precision": str(self.amp_dtype).removeprefix("torch.") if self.amp_dtype is not None else "float32",
+            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        })
+
+        self.unwrapped = model
+        self.model = ray.train.torch.prepare_model(model)  # DDP when world > 1; moves to the device
+        self.train_shard = ray.train.get_dataset_shard("train")
+        self.val_shard = ray.train.get_dataset_shard("val")
+
+    def _amp_dtype(self, torch):
+        """Mixed precision only on CUDA: bf16 where supported, else fp16 (with a grad scaler)."""
+        precision = self.tcfg["precision"]
+        if self.device.type != "cuda" or precision == "fp32":
+            return None
+        if precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()):
+            return torch.bfloat16
+        return torch.float16
+
+    def _autocast(self):
+        import torch
+
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+
+    # ------------------------------------------------------------------ train
+
+    def train(self) -> None:
+        epochs = self.tcfg["epochs"]
+        for epoch in range(self.start_epoch, epochs):
+            t0 = time.time()
+            train_stats = self._run_epoch(self.train_shard, train=True)
+            val_stats = self._run_epoch(self.val_shard, train=False)
+            self.scheduler.step()
+            seconds = time.time() - t0
+            metrics = {
+                "epoch": epoch,
+                "global_step": self.state["global_step"],
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "train_loss": train_stats["loss"],
+                "train_acc": train_stats["acc"],
+                "train_rows": train_stats["rows"],
+                "val_loss": val_stats["loss"],
+                "val_ua": val_stats["ua"],
+                "val_wa": val_stats["wa"],
+                "val_macro_f1": val_stats["macro_f1"],
+                "val_rows": val_stats["rows"],
+                "skipped_unreadable": train_stats["skipped"] + val_stats["skipped"],
+                "epoch_seconds": round(seconds, 3),
+                "rows_per_second": round(train_stats["rows"] / max(seconds, 1e-9), 2),
+            }
+            self._update_best(epoch, metrics)
+            self.state["epoch"] = epoch
+            self.state["history"].append({**metrics, "attempt": len(self.state["attempts"]) - 1})
+            self.save_checkpoint(epoch, metrics, val_stats["confusion_matrix"])
+            if self.rank == 0:
+                # The one-line progress log. Logged, not printed: Ray Train tees print() to
+                # stdout and its logger, which shows every line twice on the driver.
+                logger.info(
+                    f"[{self.cfg['job']}] epoch {epoch + 1}/{epochs} step {metrics['global_step']} "
+                    f"train_loss {metrics['train_loss']:.4f} val_loss {metrics['val_loss']:.4f} "
+                    f"val_ua {metrics['val_ua']:.3f} val_wa {metrics['val_wa']:.3f} val_f1 {metrics['val_macro_f1']:.3f} "
+                    f"({metrics['train_rows']} rows, {seconds:.1f}s)"
+                )
+
+    def _update_best(self, epoch: int, metrics: dict) -> None:
+        name, mode = self.cfg["checkpoint_metric"], self.cfg["checkpoint_mode"]
+        value, best = metrics[name], self.state["best"]
+        if best is None or (value > best["value"] if mode == "max" else value < best["value"]):
+            self.state["best"] = {"epoch": epoch, "metric": name, "value": value}
+
+    def _loss(self, logits, batch):
+        """Per-row loss, weighted: unreadable rows and unknown labels weigh 0."""
+        import torch
+        import torch.nn.functional as F
+
+        label = batch["label"].long()
+        weight = (batch["ok"] & (label >= 0)).float()
+        label = label.clamp_min(0)
+        if self.class_weights is not None:
+            weight = weight * self.class_weights[label]
+        logits = logits.float()
+        if self.tcfg["label_mode"] == "soft":
+            target = soft_targets(batch["target"], self.tcfg["soft_temperature"])
+            per_row = -(target * F.log_softmax(logits, dim=-1)).sum(dim=-1)
+        else:
+            per_row = F.cross_entropy(logits, label, reduction="none", label_smoothing=self.tcfg["label_smoothing"])
+        return (per_row * weight).sum() / weight.sum().clamp_min(1e-8), per_row, weight
+
+    def _run_epoch(self, shard, train: bool) -> dict:
+        import torch
+
+        from trainer.metrics import summarize
+
+        num_classes = len(self.label_names)
+        self.model.train(train)
+        if train and self.freeze_encoder:
+            self.unwrapped.encoder.eval()  # a linear probe keeps the encoder's BatchNorm statistics
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        weight_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        counts = torch.zeros(3, dtype=torch.float64, device=self.device)  # rows, correct, skipped
+        cm = torch.zeros(num_classes * num_classes, dtype=torch.float64, device=self.device)
+        batches = shard.iter_torch_batches(
+            batch_size=self.tcfg["batch_size"],
+            device=self.device,
+            local_shuffle_buffer_size=(self.tcfg["shuffle_buffer"] or None) if train else None,
+        )
+        grad = contextlib.nullcontext() if train else torch.no_grad()
+        with grad:
+            for batch in batches:
+                with self._autocast():
+                    logits = self.model(batch["features"], batch["n_frames"])
+                loss, per_row, weight = self._loss(logits, batch)
+                if train:
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.scaler.scale(loss).backward()
+                    if self.cfg["optim"]["grad_clip"]:
+                        self.scaler.unscale_(self.optimizer)
+                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["optim"]["grad_clip"])
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                    self.state["global_step"] += 1
+                valid = batch["ok"] & (batch["label"] >= 0)
+                pred = logits.argmax(dim=-1)
+                loss_sum += (per_row.detach() * weight).sum().double()
+                weight_sum += weight.sum().double()
+                counts += torch.stack([valid.sum(), (valid & (pred == batch["label"])).sum(), (~batch["ok"]).sum()]).double()
+                idx = batch["label"][valid] * num_classes + pred[valid]
+                cm += torch.bincount(idx, minlength=num_classes * num_classes).double()
+        stats = torch.cat([loss_sum[None], weight_sum[None], counts, cm])
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(stats)  # every worker sees the metrics of the whole split
+        stats = stats.cpu().numpy()
+        rows = int(stats[2])
+        summary = summarize(stats[5:].astype("int64").reshape(num_classes, num_classes), self.label_names)
+        return {
+            "loss": float(stats[0] / max(stats[1], 1e-8)),
+            "rows": rows,
+            "acc": float(stats[3] / rows) if rows else 0.0,
+            "skipped": int(stats[4]),
+            "ua": summary["ua"],
+            "wa": summary["wa"],
+            "macro_f1": summary["macro_f1"],
+            "confusion_matrix": summary["confusion_matrix"],
+        }
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self, epoch: int, metrics: dict, confusion_matrix: list) -> None:
+        """Every worker reports; rank 0 attaches the checkpoint (model, optimizer, history)."""
+        import ray.train
+
+        from trainer.checkpoint import write_checkpoint
+
+        if self.rank != 0:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory(prefix="lanser-ckpt-") as directory:
+            write_checkpoint(
+                directory,
+                model_state=self.unwrapped.state_dict(),
+                train_state={
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "scaler": self.scaler.state_dict(),
+                },
+                meta={
+                    **self.state,
+                    "job": self.cfg["job"],
+                    "taxonomy": self.cfg["taxonomy"],
+                    "label_names": self.label_names,
+                    "model": self.cfg["model"],
+                    "features": self.cfg["features"],
+                    "metrics": metrics,
+                    "val_confusion_matrix": confusion_matrix,
+                    "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                },
+            )
+            ray.train.report(
+                metrics,
+                checkpoint=ray.train.Checkpoint.from_directory(directory),
+                checkpoint_dir_name=f"checkpoint_epoch_{epoch:04d}",
+            )
+
+    def cleanup(self) -> None:
+        import gc
+
+        self.train_shard = self.val_shard = None
+        self.model = self.unwrapped = self.optimizer = None
+        gc.collect()
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """The function TorchTrainer runs on every worker."""
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    recipe = SERTrainRecipe(config)
+    recipe.setup()
+    try:
+        recipe.train()
+    finally:
+        recipe.cleanup()

@@ -1,0 +1,134 @@
+"""Label-efficiency sweep: weak-label-pretrained vs from-scratch, at shares of the labels.
+
+For every fraction of the labeled training split (class-stratified, nested: the 5% rows
+are among the 10% rows) two fine-tunes run with identical model, features and schedule:
+one starting from the pretrained encoder, one from random weights. Each is scored on the
+same held-out test speakers. Results go to ``<output_dir>/sweep.json`` and
+``<output_dir>/sweep.png``; each fine-tune keeps its own report under
+``<output_dir>/<arm>/`` and is skipped when rerun after it completed (a killed sweep
+resumes where it stopped).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+ARMS = ("pretrained", "scratch")
+
+
+def _arm_name(prefix: str, fraction: float, arm: str) -> str:
+    return f"{prefix}_{fraction * 100:g}pct_{arm}".replace(".", "p")
+
+
+def sweep(cfg) -> dict:
+    from trainer.checkpoint import open_checkpoint, read_meta, resolve_checkpoint
+    from trainer.config import FinetuneConfig, ModelConfig
+    from trainer.data import prepare_data
+    from trainer.jobs import finetune, write_json
+
+    started = time.time()
+    init = resolve_checkpoint(cfg.init_checkpoint)
+    with open_checkpoint(init) as directory:
+        meta = read_meta(directory)
+    # The scratch arm gets the pretrained model's exact architecture and features.
+    base = {k: v for k, v in cfg.model_dump().items() if k in FinetuneConfig.model_fields}
+    base["model"] = {k: v for k, v in meta["model"].items() if k in ModelConfig.model_fields}
+    base["features"] = meta["features"]
+    prepared = prepare_data(cfg.data)
+    out_dir = os.path.abspath(cfg.output_dir)
+    rows = []
+    for fraction in cfg.fractions:
+        for arm in ARMS:
+            name = _arm_name(cfg.name, fraction, arm)
+            arm_dir = os.path.join(out_dir, name)
+            arm_cfg = FinetuneConfig.model_validate({
+                **base,
+                "name": name,
+                "output_dir": arm_dir,
+                "init_checkpoint": init if arm == "pretrained" else None,
+                "freeze_encoder": cfg.freeze_encoder if arm == "pretrained" else False,
+                "train_fraction": fraction,
+            })
+            report = _completed_report(arm_dir) or finetune(arm_cfg, prepared=prepared)
+            test = (report.get("test") or {}).get("metrics") or {}
+            rows.append({
+                "fraction": fraction,
+                "arm": arm,
+                "train_rows": report["data"]["splits"]["train"],
+                "test_rows": (report.get("test") or {}).get("scored", 0),
+                "test_ua": test.get("ua"),
+                "test_wa": test.get("wa"),
+                "test_macro_f1": test.get("macro_f1"),
+                "best_val": report["best_checkpoint"],
+                "report": os.path.join(arm_dir, "report.json"),
+            })
+            print(f"[sweep] {fraction:.0%} {arm}: {rows[-1]['train_rows']} training rows, test UA {rows[-1]['test_ua']}", flush=True)
+    result = {
+        "command": "sweep",
+        "status": "completed",
+        "wall_time_s": round(time.time() - started, 2),
+        "init_checkpoint": init,
+        "pretrained_on": {"taxonomy": meta["taxonomy"], "job": meta.get("job")},
+        "data": prepared.summary,
+        "fractions": cfg.fractions,
+        "results": rows,
+        "plot": os.path.join(out_dir, "sweep.png"),
+        "config": cfg.model_dump(mode="json"),
+    }
+    present = sum(1 for n in prepared.summary["per_label"].values() if n)
+    plot_sweep(rows, result["plot"], title=f"Label efficiency on {prepared.kind} ({prepared.taxonomy.name})", chance=1 / max(1, present))
+    write_json(os.path.join(out_dir, "sweep.json"), result)
+    return result
+
+
+def _completed_report(arm_dir: str) -> dict | None:
+    path = os.path.join(arm_dir, "report.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        report = json.load(f)
+    return report if report.get("status") == "completed" else None
+
+
+def plot_sweep(rows: list[dict], path: str, title: str, chance: float | None = None) -> None:
+    """Test UA (solid) and macro-F1 (dashed) against the share of labels, one colour per arm;
+    each UA point is labeled with its number of training utterances."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    style = {"pretrained": dict(color="tab:blue", marker="o", lw=3.0, ms=8), "scratch": dict(color="tab:orange", marker="^", lw=1.5, ms=6)}
+    fractions = sorted({r["fraction"] for r in rows})
+    for arm in ARMS:
+        pts = sorted((r for r in rows if r["arm"] == arm and r["test_ua"] is not None), key=lambda r: r["fraction"])
+        if not pts:
+            continue
+        st = style[arm]
+        x = [100 * r["fraction"] for r in pts]
+        ax.plot(x, [r["test_ua"] for r in pts], "-", marker=st["marker"], color=st["color"], lw=st["lw"], ms=st["ms"], alpha=0.8, label=f"{arm}: UA")
+        ax.plot(x, [r["test_macro_f1"] for r in pts], "--", marker=st["marker"], color=st["color"], lw=1, ms=4, alpha=0.6, label=f"{arm}: macro-F1")
+        for r, xi in zip(pts, x):
+            dy = 7 if arm == "pretrained" else -12
+            ax.annotate(str(r["train_rows"]), (xi, r["test_ua"]), textcoords="offset points", xytext=(0, dy), ha="center", fontsize=7, color=st["color"])
+    if chance is not None:
+        ax.axhline(chance, color="gray", ls=":", lw=1, label=f"chance UA ({chance:.2f})")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator([100 * f for f in fractions]))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([f"{100 * f:g}%" for f in fractions])
+    if len(fractions) == 1:
+        ax.set_xlim(50 * fractions[0], 200 * fractions[0])
+    ax.set_xlabel("share of the labeled training split (point labels: training utterances)")
+    ax.set_ylabel("test score (held-out speakers)")
+    ax.set_ylim(0, 1.1)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
