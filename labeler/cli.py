@@ -203,7 +203,7 @@ def print_summary(manifest: dict[str, Any], output: str, show: int = 20) -> None
     print()
     print(f"run {manifest['run_id']}  ({tax['name']} v{tax['version']}, {len(tax['labels'])} labels)")
     if show > 0:
-        rows = read_rows(manifest, limit=show)
+        rows = read_rows(manifest, limit=show, root=output)
         if rows:
             width = min(max(len(r["utt_id"]) for r in rows), 32)
             print(f"  {'utt_id':<{width}}  {'label':<14} {'conf':>5}  transcript")
@@ -229,19 +229,29 @@ def print_summary(manifest: dict[str, Any], output: str, show: int = 20) -> None
     for name, path in manifest["tables"].items():
         print(f"{name + ' table:':<19}{path}")
     print(f"run manifest:      {redact(output.rstrip('/'))}/runs/{manifest['run_id']}.json")
+    from labeler.report import existing_report
+
+    report = existing_report(output, manifest["run_id"])
+    if report:
+        print(f"run report:        {'  '.join(redact(p) for p in report.values())}")
+    else:
+        print("run report:        (none)")
     print(
         "query:  duckdb -c \"SELECT utt_id, label, confidence FROM read_parquet('"
         f"{redact(output.rstrip('/'))}/labels/**/*.parquet', hive_partitioning=true) WHERE run_id='{manifest['run_id']}'\""
     )
 
 
-def read_rows(manifest: dict[str, Any], limit: int) -> list[dict[str, Any]]:
-    """First rows of a committed run's labels partition, sorted by utt_id."""
+def read_rows(manifest: dict[str, Any], limit: int, root: Optional[str] = None) -> list[dict[str, Any]]:
+    """First rows of a committed run's labels partition, sorted by utt_id. The manifest's
+    table paths are redacted; with ``root`` (as given, credentials included) the partition
+    is found from it instead."""
     import pyarrow.dataset as pads
 
     from labeler.io import filesystem
+    from labeler.pipeline import unredacted_partition
 
-    fs, path = filesystem(manifest["tables"]["labels"])
+    fs, path = filesystem(unredacted_partition(root, manifest) if root else manifest["tables"]["labels"])
     try:
         table = pads.dataset(path, filesystem=fs, format="parquet").to_table(
             columns=["utt_id", "label", "confidence", "text", "abstain_reason", "error"]
@@ -253,16 +263,11 @@ def read_rows(manifest: dict[str, Any], limit: int) -> list[dict[str, Any]]:
 
 def cmd_inspect(args) -> int:
     from labeler.errors import InputError
-    from labeler.io import filesystem, join
-    from labeler.table import read_manifest
+    from labeler.table import manifest_run_ids, read_manifest
 
     run = args.run
     if run is None:
-        import pyarrow.fs as pafs
-
-        fs, path = filesystem(join(args.output, "runs"))
-        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-        runs = sorted(i.base_name[:-5] for i in infos if i.base_name.endswith(".json"))
+        runs = manifest_run_ids(args.output)
         if not runs:
             raise InputError(f"no committed runs under {args.output}")
         run = runs[-1]
@@ -274,8 +279,11 @@ def cmd_inspect(args) -> int:
     else:
         print_summary(manifest, args.output, show=0)
         print(f"status: {manifest.get('status')}, started {manifest.get('started_at')}, committed {manifest.get('committed_at')}")
-        for stage, secs in manifest.get("stage_busy_seconds", {}).items():
-            print(f"  {stage:<7} busy {secs:8.1f} s")
+        from labeler.report import build_report
+
+        for stage, st in build_report(manifest)["stages"].items():
+            rate = f"  {st['rows_per_busy_second']:8.1f} rows per busy second" if st["rows_per_busy_second"] else ""
+            print(f"  {stage:<7} busy {st['busy_seconds']:8.1f} s{rate}")
     return 0
 
 

@@ -47,7 +47,7 @@ def init_ray(cfg: LabelConfig) -> None:
 
     if not ray.is_initialized():
         address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-        env = {"env_vars": {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME") if k in os.environ}}
+        env = forwarded_runtime_env()
         if address:
             ray.init(address=address, runtime_env=env, log_to_driver=True)
         else:
@@ -55,6 +55,23 @@ def init_ray(cfg: LabelConfig) -> None:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = cfg.ray.progress
     ctx.print_on_execution_start = False
+
+
+FORWARDED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME")
+
+
+def forwarded_runtime_env() -> Optional[dict[str, Any]]:
+    """The driver's model-hub settings, passed on to every worker on every node. Inside a
+    Ray Job (``ray job submit``) the variables its runtime env already sets are left out:
+    Ray refuses to start a driver whose ``ray.init`` names an env var the Job also names."""
+    import json
+
+    keys = [k for k in FORWARDED_ENV if k in os.environ]
+    job = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if job:
+        taken = (json.loads(job).get("runtime_env") or {}).get("env_vars") or {}
+        keys = [k for k in keys if k not in taken]
+    return {"env_vars": {k: os.environ[k] for k in keys}} if keys else None
 
 
 def _decode_batch(batch: pa.Table, max_duration_s: float, transcript_cache=None) -> pa.Table:
@@ -223,6 +240,7 @@ def run_labeling(cfg: LabelConfig) -> RunResult:
         manifest = commit(cfg.output, run_id, taxonomy.name, taxonomy.version, cfg.scorer.key_hash(), inputs.num_rows, manifest)
     finally:
         lock.release()
+    write_report_or_warn(cfg.output, manifest)
     return RunResult(run_id, manifest, cfg.output)
 
 
@@ -232,15 +250,9 @@ RELABEL_COLUMNS = ["utt_id", "uri", "audio_sha256", "duration_s", "text", "langu
 
 def latest_run(root: str, kinds=("label", "relabel")) -> Optional[dict[str, Any]]:
     """Manifest of the newest committed run under ``root`` (run ids sort by time)."""
-    import pyarrow.fs as pafs
+    from labeler.table import manifest_run_ids, read_manifest
 
-    from labeler.io import filesystem, join
-    from labeler.table import read_manifest
-
-    fs, path = filesystem(join(root, "runs"))
-    names = sorted((i.base_name[:-5] for i in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-                    if i.base_name.endswith(".json")), reverse=True)
-    for name in names:
+    for name in reversed(manifest_run_ids(root)):
         m = read_manifest(root, name)
         if m and m.get("status") == "committed" and m.get("kind") in kinds:
             return m
@@ -269,7 +281,7 @@ def run_relabel(cfg: LabelConfig, from_run: Optional[str] = None) -> RunResult:
         existing = read_manifest(cfg.output, cfg.run_id)
         if existing and existing.get("status") == "committed":
             return RunResult(cfg.run_id, existing, cfg.output)
-    fs, path = filesystem(_unredacted_partition(cfg.output, source))
+    fs, path = filesystem(unredacted_partition(cfg.output, source))
     inputs = pads.dataset(path, filesystem=fs, format="parquet").to_table(columns=RELABEL_COLUMNS).sort_by("utt_id")
     init_ray(cfg)
     started = time.time()
@@ -294,10 +306,28 @@ def run_relabel(cfg: LabelConfig, from_run: Optional[str] = None) -> RunResult:
         manifest = commit(cfg.output, run_id, taxonomy.name, taxonomy.version, cfg.scorer.key_hash(), inputs.num_rows, manifest)
     finally:
         lock.release()
+    write_report_or_warn(cfg.output, manifest)
     return RunResult(run_id, manifest, cfg.output)
 
 
-def _unredacted_partition(root: str, manifest: dict[str, Any]) -> str:
+def write_report_or_warn(root: str, manifest: dict[str, Any]) -> None:
+    """The run report (``reports/<run_id>.json`` and ``.png``) of a committed run. Best
+    effort on purpose: the run is already committed, so a report that cannot be written
+    (no matplotlib, a full disk) is a warning, never a failed run."""
+    import logging
+
+    from labeler.io import redact_text
+    from labeler.report import write_report
+
+    try:
+        write_report(root, manifest)
+    except Exception as exc:
+        logging.getLogger("labeler").warning(
+            "run %s is committed but its report could not be written: %s", manifest["run_id"],
+            redact_text(f"{type(exc).__name__}: {exc}"))
+
+
+def unredacted_partition(root: str, manifest: dict[str, Any]) -> str:
     from labeler.table import labels_partition
 
     tax = manifest["taxonomy"]

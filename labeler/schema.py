@@ -12,6 +12,8 @@ Layout under an output root::
     <root>/transcripts/run_id=<run>/part-*.parquet   # transcript cache: new transcripts of each run
     <root>/scores/scorer_key=<k>/run_id=<run>/part-*.parquet   # score cache: new (text, hypothesis) scores
     <root>/runs/<run>.json              # run manifest, written last (the commit)
+    <root>/reports/<run>.json           # run report (labeler/report.py), written after the commit
+    <root>/reports/<run>.png            # the same report as a figure
 
 Writers call :func:`conform` so a file never drifts from these schemas.
 """

@@ -92,7 +92,7 @@ class RunSink(Datasink):
             return {"rows": 0}
         table = pa.concat_tables(tables, promote_options="default")
         created = pa.array([now_utc()] * table.num_rows, S.TIMESTAMP)
-        table = table.append_column("created_at", created)
+        table = redact_uri_column(table.append_column("created_at", created))
         stats = summarize_rows(table)
         labels = S.conform(table, S.LABELS_FILE_SCHEMA)
         # The transcript cache gets what this run transcribed (or failed to), not cache hits.
@@ -135,6 +135,16 @@ class RunSink(Datasink):
         self.stats = merge_stats(write_result.write_returns)
 
 
+def redact_uri_column(table: pa.Table) -> pa.Table:
+    """Tables store the URI without credentials: the stages read the real one, the
+    ``uri`` column gets ``s3://***@bucket/...`` (see :func:`labeler.io.redact`)."""
+    uris = table.column("uri").to_pylist()
+    clean = [redact(u) for u in uris]
+    if clean == uris:
+        return table
+    return table.set_column(table.column_names.index("uri"), "uri", pa.array(clean, pa.string()))
+
+
 def summarize_rows(table: pa.Table) -> dict[str, Any]:
     """Counts and sums of one written block (merged across tasks by :func:`merge_stats`)."""
     status = table.column("status").to_pylist()
@@ -147,6 +157,7 @@ def summarize_rows(table: pa.Table) -> dict[str, Any]:
         "status": dict(Counter(status)),
         "labels": dict(Counter(x for x in labels if x is not None)),
         "abstain_reasons": dict(Counter(x for x in reasons if x is not None)),
+        "error_stages": dict(Counter(e.split(":", 1)[0] for e in table.column("error").to_pylist() if e)),
         "confidence_hist": histogram(conf),
         "audio_seconds": float(sum(dur)),
         "stage_seconds": {c: float(pc.sum(table.column(c)).as_py() or 0.0) for c in TIMING_COLUMNS if c in table.column_names},
@@ -189,6 +200,16 @@ def merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
     for k in ("status", "labels", "abstain_reasons", "stage_seconds", "cache"):
         total[k] = dict(sorted(total[k].items()))
     return total
+
+
+def manifest_run_ids(root: str) -> list[str]:
+    """Ids of the runs with a manifest under ``<root>/runs/``, oldest first (ids sort by
+    time); ``.tmp`` files are not manifests."""
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(join(root, "runs"))
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return sorted(i.base_name[:-5] for i in infos if i.base_name.endswith(".json"))
 
 
 def read_manifest(root: str, run_id: str) -> Optional[dict[str, Any]]:
@@ -289,6 +310,7 @@ def commit(
         "status": totals["status"],
         "labels": dict(sorted(totals["labels"].items())),
         "abstain_reasons": totals["abstain_reasons"],
+        "error_stages": dict(sorted(totals["error_stages"].items())),
     }
     manifest["confidence_histogram"] = {"bins": [i / 10 for i in range(11)], "counts": totals["confidence_hist"]}
     manifest["audio_seconds"] = round(totals["audio_seconds"], 3)

@@ -10,6 +10,7 @@ import sys
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
@@ -67,7 +68,7 @@ def test_demo_cli_labels_the_bundled_clips(demo_run):
 
 def test_run_manifest_and_transcripts_table(demo_run):
     out, _ = demo_run
-    (manifest_file,) = (out / "runs").glob("*.json")
+    (manifest_file,) = [p for p in (out / "runs").glob("*.json")]
     m = json.loads(manifest_file.read_text())
     assert m["status"] == "committed"
     assert m["counts"]["input_rows"] == m["counts"]["output_rows"] == 7
@@ -79,6 +80,34 @@ def test_run_manifest_and_transcripts_table(demo_run):
     t = con.sql(f"SELECT * FROM read_parquet('{out}/transcripts/**/*.parquet', hive_partitioning=true)").to_arrow_table()
     assert t.num_rows == 7 and set(t.column("run_id").to_pylist()) == {m["run_id"]}
     assert all(len(x) > 10 for x in t.column("text").to_pylist())
+
+
+def test_run_report_beside_the_manifest(demo_run):
+    out, stdout = demo_run
+    (manifest_file,) = [p for p in (out / "runs").glob("*.json")]
+    m = json.loads(manifest_file.read_text())
+    report = json.loads((out / "reports" / f"{m['run_id']}.json").read_text())
+    assert report["run_id"] == m["run_id"] and report["kind"] == "label"
+    assert report["outcomes"] == {"labeled": 7}
+    assert list(report["label_distribution"]) == m["taxonomy"]["labels"]  # taxonomy order, zeros included
+    assert report["label_distribution"]["joy"] >= 1 and sum(report["label_distribution"].values()) == 7
+    assert sum(report["confidence_histogram"]["counts"]) == 7 and len(report["confidence_histogram"]["bins"]) == 11
+    assert report["throughput"]["audio_seconds_per_wall_second"] == m["throughput_audio_s_per_s"] > 0
+    assert report["throughput"]["rows_per_wall_second"] == pytest.approx(7 / m["wall_seconds"], rel=1e-2)
+    for stage in ("decode", "asr", "score"):
+        st = report["stages"][stage]
+        assert st["busy_seconds"] == m["stage_busy_seconds"][stage] and st["rows"] == 7
+        assert st["rows_per_busy_second"] == pytest.approx(7 / st["busy_seconds"], rel=1e-2)
+    # The picture: a real PNG, large enough to read, not blank.
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(out / "reports" / f"{m['run_id']}.png")
+    assert img.shape[0] >= 600 and img.shape[1] >= 1000 and img[..., :3].std() > 0.05
+    # The CLI's summary and `inspect` say where the report is.
+    assert f"reports/{m['run_id']}.json" in stdout and f"reports/{m['run_id']}.png" in stdout
+    shown = subprocess.run([sys.executable, "-m", "labeler", "inspect", str(out)], capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert f"reports/{m['run_id']}.json" in shown.stdout and "rows per busy second" in shown.stdout
 
 
 def test_duckdb_schema_is_the_documented_one(demo_run):
@@ -120,9 +149,51 @@ def test_nli_path_with_tiny_models(ray_local, tmp_path, tiny_nli_2class, tiny_wh
         if r["status"] == "labeled":
             assert len(r["raw_scores"]) == 7 and abs(sum(r["scores"]) - 1) < 1e-4
     assert any(r["status"] == "labeled" for r in rows)
-    # rows_per_file=3 for 7 rows: a few files of >= 3 rows, not one per block
-    files = [f for f in res.manifest["files"] if f["table"] == "labels"]
-    assert sum(f["rows"] for f in files) == 7 and all(f["rows"] >= 3 for f in files[:-1])
+    # rows_per_file=3 for 7 rows: files of >= 3 rows (but the last), not one per block
+    files = sorted(f["rows"] for f in res.manifest["files"] if f["table"] == "labels")
+    assert sum(files) == 7 and all(n >= 3 for n in files[1:])
+
+
+def test_files_sized_for_analytics(demo_run, ray_local, tmp_path):
+    """A larger run writes files of at least out.rows_per_file rows (but the last one),
+    far fewer files than the blocks that flow through the pipeline. The demo run's
+    transcript and score caches make its 210 rows cheap: no audio is decoded or
+    transcribed again, yet every row goes through every stage and the sink."""
+    out, _ = demo_run
+    root = tmp_path / "root"
+    shutil.copytree(out, root)
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for k in range(30):
+        for f in sorted(SAMPLES.glob("*.flac")):
+            os.link(f, clips / f"{f.stem}-{k:02d}.flac")  # same bytes, same audio hash: a cache hit
+    target, rows = 25, 210
+    res = run(root, clips, **{"out.rows_per_file": target, "decode.rows_per_block": 2, "asr.batch_size": 2, "scorer.batch_size": 2})
+    m = res.manifest
+    assert m["counts"]["output_rows"] == rows and m["counts"]["status"] == {"labeled": rows}
+    assert m["cache"]["transcripts_from_cache"] == rows and m["cache"].get("transcribed", 0) == 0
+    blocks = rows // 2  # input blocks of 2 rows, kept at 2 rows by the 2-row ASR and scorer batches
+    part_dir = root / "labels" / "taxonomy=ekman" / "taxonomy_version=1.0" / f"run_id={res.run_id}"
+    sizes = sorted(pq.ParquetFile(f).metadata.num_rows for f in part_dir.glob("*.parquet"))
+    assert sum(sizes) == rows
+    assert all(n >= target for n in sizes[1:]), sizes  # only the final bundle may fall short
+    assert len(sizes) <= rows // target + 1 and len(sizes) * 10 <= blocks, (len(sizes), blocks)
+    assert sorted(f["rows"] for f in m["files"] if f["table"] == "labels") == sizes
+    assert len(labels_of(root, f"run_id = '{res.run_id}'")) == rows
+
+
+def test_a_failed_report_does_not_fail_the_run(ray_local, tmp_path, caplog):
+    clip = tmp_path / "in"
+    clip.mkdir()
+    shutil.copy(SAMPLES / "happy.flac", clip)
+    blocker = tmp_path / "out" / "reports" / "r1.png"
+    (blocker / "in-the-way").mkdir(parents=True)  # the PNG cannot be written where this folder is
+    with caplog.at_level("WARNING", logger="labeler"):
+        res = run(tmp_path / "out", clip, run_id="r1")
+    assert res.manifest["status"] == "committed" and len(labels_of(tmp_path / "out")) == 1
+    assert json.loads((tmp_path / "out" / "runs" / "r1.json").read_text())["status"] == "committed"
+    assert any("run r1 is committed but its report could not be written" in r.getMessage() for r in caplog.records)
+    assert blocker.is_dir()
 
 
 def test_rerun_of_a_committed_run_id_is_a_noop(ray_local, tmp_path):

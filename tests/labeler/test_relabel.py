@@ -39,7 +39,7 @@ def table(root, taxonomy=None, run_id=None):
 
 
 def manifest(root, run_id=None):
-    runs = sorted((Path(root) / "runs").glob("*.json"))
+    runs = sorted(p for p in (Path(root) / "runs").glob("*.json"))
     path = Path(root) / "runs" / f"{run_id}.json" if run_id else runs[-1]
     return json.loads(path.read_text())
 
@@ -72,6 +72,10 @@ def test_relabel_reads_no_audio_and_loads_no_asr(labeled, tmp_path):
     ekman = {r[0]: r[1] for r in table(out, "ekman")}
     assert {r[0]: r[1] for r in rows} == ekman  # same transcripts, no new ASR
     assert "furious" in ekman["angry"].lower()
+    report = json.loads((out / "reports" / f"{m['run_id']}.json").read_text())  # a relabel has its report too
+    assert report["kind"] == "relabel" and list(report["label_distribution"]) == ["neutral", "happy", "sad", "angry"]
+    assert sum(report["label_distribution"].values()) == 7 and (out / "reports" / f"{m['run_id']}.png").stat().st_size > 10_000
+    assert "reports/" in proc.stdout
 
 
 def test_added_label_scores_only_new_pairs(labeled, tmp_path):
