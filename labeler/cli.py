@@ -41,6 +41,20 @@ EPILOG = textwrap.dedent(
 )
 
 
+def _run_arguments(p: argparse.ArgumentParser, device_help: str) -> None:
+    """Flags shared by the commands that run a pipeline (label, relabel)."""
+    p.add_argument("--config", "-c", help="YAML config file (labeler/configs/*.yaml)")
+    p.add_argument("--taxonomy", "-t", help="shipped taxonomy name (see `taxonomies`) or a taxonomy YAML path")
+    p.add_argument("--run-id", help="run id (default: new and time-sortable; re-running the same command after a crash resumes; a committed id is a no-op)")
+    p.add_argument("--scorer", choices=["nli", "embedding"], help="entailment backend")
+    p.add_argument("--scorer-model", help="scorer model: hub id, local folder, or pkg:<package>")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help=device_help)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override any setting, e.g. scorer.batch_size=128 (repeatable)")
+    p.add_argument("--no-progress", action="store_true", help="hide Ray Data's progress bars")
+    p.add_argument("--show", type=int, default=20, help="print up to this many rows in the summary (default 20)")
+    p.add_argument("--json", action="store_true", help="print the run manifest as JSON instead of the summary")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
@@ -55,21 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
         "label",
         help="label a folder, glob or manifest of audio",
         description="Run the labeling pipeline: decode -> ASR -> entailment -> Parquet. Connects to RAY_ADDRESS when set, else starts a local Ray.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    lab.add_argument("--config", "-c", help="YAML config file (labeler/configs/*.yaml)")
     lab.add_argument("--input", "-i", help="directory, glob, or manifest (.parquet/.csv/.jsonl with uri[, utt_id]); local or URI")
     lab.add_argument("--output", "-o", help="output root (local or URI); labels/, transcripts/ and runs/ go below it")
-    lab.add_argument("--taxonomy", "-t", help="shipped taxonomy name (see `taxonomies`) or a taxonomy YAML path")
-    lab.add_argument("--run-id", help="run id (default: a new time-sortable id); re-running a committed id is a no-op")
     lab.add_argument("--asr-model", help="faster-whisper model name, CTranslate2 folder, or pkg:<package>")
-    lab.add_argument("--scorer", choices=["nli", "embedding"], help="entailment backend")
-    lab.add_argument("--scorer-model", help="scorer model: hub id, local folder, or pkg:<package>")
-    lab.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device for both ASR and scorer")
-    lab.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override any setting, e.g. asr.beam_size=1 (repeatable)")
-    lab.add_argument("--no-progress", action="store_true", help="hide Ray Data's progress bars")
-    lab.add_argument("--show", type=int, default=20, help="print up to this many labeled rows in the summary")
-    lab.add_argument("--json", action="store_true", help="print the run manifest as JSON instead of the summary")
+    _run_arguments(lab, device_help="device for both ASR and scorer")
 
     rel = sub.add_parser(
         "relabel",
@@ -77,20 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build a labels partition for --taxonomy from the transcripts of an earlier run (default: the newest "
         "committed run under --output). Reads no audio and loads no ASR model; pairs already scored by the same "
         "scorer are taken from the score cache.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     rel.add_argument("--output", "-o", help="output root of earlier runs; the new partition goes there too")
-    rel.add_argument("--taxonomy", "-t", help="shipped taxonomy name or taxonomy YAML path")
-    rel.add_argument("--config", "-c", help="YAML config file (scorer, abstain and resource settings are used)")
     rel.add_argument("--from-run", help="run whose utterances and transcripts to relabel (default: the newest committed)")
-    rel.add_argument("--run-id", help="run id (default: new; re-running after a crash resumes)")
-    rel.add_argument("--scorer", choices=["nli", "embedding"], help="entailment backend")
-    rel.add_argument("--scorer-model", help="scorer model: hub id, local folder, or pkg:<package>")
-    rel.add_argument("--device", choices=["auto", "cpu", "cuda"], help="scorer device")
-    rel.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override any setting (repeatable)")
-    rel.add_argument("--no-progress", action="store_true", help="hide Ray Data's progress bars")
-    rel.add_argument("--show", type=int, default=20, help="print up to this many rows in the summary")
-    rel.add_argument("--json", action="store_true", help="print the run manifest as JSON")
+    _run_arguments(rel, device_help="scorer device")
 
     cac = sub.add_parser("cache", help="what the transcript and score caches hold; drop stale entries")
     cac.add_argument("output", help="output root")
