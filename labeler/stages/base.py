@@ -39,3 +39,25 @@ def stage_error(stage: str, exc: BaseException) -> str:
 
     msg = str(exc).strip() or type(exc).__name__
     return redact_text(f"{stage}: {msg}")
+
+
+def resolve_ref(obj):
+    """Cache objects travel as Ray object refs; fetch once per worker process."""
+    if obj is None:
+        return None
+    try:
+        import ray
+
+        if isinstance(obj, ray.ObjectRef):
+            key = obj.hex()
+            if key not in _REF_MEMO:
+                if len(_REF_MEMO) >= 4:  # bounded: a reused worker does not hoard old runs' caches
+                    _REF_MEMO.clear()
+                _REF_MEMO[key] = ray.get(obj)
+            return _REF_MEMO[key]
+    except ImportError:  # pragma: no cover
+        pass
+    return obj
+
+
+_REF_MEMO: dict = {}

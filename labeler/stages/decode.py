@@ -14,7 +14,7 @@ import time
 
 import pyarrow as pa
 
-from labeler.stages.base import check_rows, require_columns, stage_error, with_columns
+from labeler.stages.base import check_rows, require_columns, resolve_ref, stage_error, with_columns
 
 INPUT_COLUMNS = ("utt_id", "uri", "error")
 TRANSCRIPT_FIELDS = ("text", "language", "language_prob", "avg_logprob", "no_speech_prob")
@@ -28,8 +28,6 @@ class DecodeStage:
     name = "decode"
 
     def __init__(self, max_duration_s: float = 4 * 3600.0, transcript_cache=None) -> None:
-        from labeler.stages.entail import resolve_ref
-
         self.max_duration_s = max_duration_s
         self.cache = resolve_ref(transcript_cache)
 

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from labeler import schema as S
-from labeler.stages.base import check_rows, require_columns, with_columns
+from labeler.stages.base import check_rows, require_columns, resolve_ref, with_columns
 
 INPUT_COLUMNS = ("utt_id", "text", "no_speech_prob", "avg_logprob", "error")
 
@@ -187,24 +187,3 @@ class EntailStage:
         from labeler.models.scorers import probs_for_backend
 
         return probs_for_backend(self.scorer_cfg.backend, raw, self.scorer_cfg.temperature)
-
-
-def resolve_ref(obj):
-    """Cache objects travel as Ray object refs; fetch once per worker process."""
-    if obj is None:
-        return None
-    try:
-        import ray
-
-        if isinstance(obj, ray.ObjectRef):
-            key = obj.hex()
-            if key not in _REF_MEMO:
-                _REF_MEMO.clear()
-                _REF_MEMO[key] = ray.get(obj)
-            return _REF_MEMO[key]
-    except ImportError:  # pragma: no cover
-        pass
-    return obj
-
-
-_REF_MEMO: dict = {}
