@@ -132,22 +132,17 @@ def cmd_label(args) -> int:
     from labeler.config import load_config
     from labeler.pipeline import run_labeling
 
-    cfg = load_config(args.config, _overrides(args))
-    cfg.require_io()
-    result = run_labeling(cfg)
-    if args.json:
-        print(json.dumps(result.manifest, indent=2, default=str))
-    else:
-        print_summary(result.manifest, result.output, show=args.show)
-    return 0
+    return _print_result(run_labeling(load_config(args.config, _overrides(args))), args)
 
 
 def cmd_relabel(args) -> int:
     from labeler.config import load_config
     from labeler.pipeline import run_relabel
 
-    cfg = load_config(args.config, _overrides(args))
-    result = run_relabel(cfg, from_run=args.from_run)
+    return _print_result(run_relabel(load_config(args.config, _overrides(args)), from_run=args.from_run), args)
+
+
+def _print_result(result, args) -> int:
     if args.json:
         print(json.dumps(result.manifest, indent=2, default=str))
     else:

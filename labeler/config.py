@@ -204,29 +204,33 @@ def build_config(data: dict[str, Any]) -> LabelConfig:
 
 def load_config(path: Optional[str] = None, overrides: Optional[dict[str, Any]] = None) -> LabelConfig:
     """Load a YAML config (or defaults), apply dotted overrides, validate."""
-    import yaml
-
-    data: dict[str, Any] = {}
-    if path:
-        try:
-            with open(path, encoding="utf-8") as f:
-                loaded = yaml.safe_load(f)
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: a config must be a mapping, got {type(loaded).__name__}")
-        data = loaded
-    data = json.loads(json.dumps(data))  # deep copy; never mutate the caller's dicts
+    data = read_yaml_mapping(path) if path else {}
     for key, value in (overrides or {}).items():
         set_dotted(data, key, value)
     return build_config(data)
 
 
+def read_yaml_mapping(path: str) -> dict[str, Any]:
+    """A YAML config file as a fresh dict (an empty file is ``{}``); clear errors otherwise.
+    Shared by ``lanser-label`` and ``lanser-train``."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            loaded = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: a config must be a mapping, got {type(loaded).__name__}")
+    return loaded
+
+
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """``data[a][b][c] = value`` for ``key = "a.b.c"``, creating sections on the way."""
     parts = key.split(".")
     node = data
     for p in parts[:-1]:
@@ -241,9 +245,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     """``asr.beam_size=1`` -> ("asr.beam_size", 1); the value is parsed as YAML."""
     import yaml
 
-    if "=" not in text:
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
         raise ConfigError(f"--set expects key=value, got {text!r}")
-    key, raw = text.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError:

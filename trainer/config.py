@@ -306,49 +306,37 @@ def build_config(command: str, data: dict[str, Any], source: str = "config"):
 
 
 def apply_override(data: dict, key: str, value: Any) -> None:
-    """Set ``data[a][b][c] = value`` for ``key = "a.b.c"``, creating mappings on the way."""
-    parts = key.split(".")
-    node = data
-    for p in parts[:-1]:
-        if not isinstance(node.get(p), dict):
-            node[p] = {}
-        node = node[p]
-    node[parts[-1]] = value
+    """Set ``data[a][b][c] = value`` for ``key = "a.b.c"`` (the labeler's rule)."""
+    from labeler.config import set_dotted
+    from labeler.errors import ConfigError as LabelerConfigError
+
+    try:
+        set_dotted(data, key, value)
+    except LabelerConfigError as exc:
+        raise ConfigError([str(exc)], "command line") from None
 
 
 def parse_set(item: str) -> tuple[str, Any]:
     """``"train.epochs=3"`` -> ``("train.epochs", 3)``; the value is read as YAML."""
-    import yaml
+    from labeler.config import parse_override
+    from labeler.errors import ConfigError as LabelerConfigError
 
-    key, sep, raw = item.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError([f"--set {item!r}: expected key=value, e.g. train.epochs=3"], "command line")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return key.strip(), value
+        return parse_override(item)
+    except LabelerConfigError:
+        raise ConfigError([f"--set {item!r}: expected key=value, e.g. train.epochs=3"], "command line") from None
 
 
 def load_config(command: str, path: str | None, overrides: list[tuple[str, Any]] = ()):
     """Read a YAML config (optional), apply ``(key, value)`` overrides, validate."""
-    import copy
+    from labeler.config import read_yaml_mapping
+    from labeler.errors import ConfigError as LabelerConfigError
 
-    import yaml
-
-    data: dict = {}
     source = path or "command line"
-    if path:
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = yaml.safe_load(f) or {}
-        except FileNotFoundError:
-            raise ConfigError([f"config file not found: {path}"], source) from None
-        except yaml.YAMLError as exc:
-            raise ConfigError([f"not valid YAML: {' '.join(str(exc).split())}"], source) from None
-        if not isinstance(data, dict):
-            raise ConfigError([f"a config must be a mapping of fields, got {type(data).__name__}"], source)
-    data = copy.deepcopy(data)
+    try:
+        data = read_yaml_mapping(path) if path else {}
+    except LabelerConfigError as exc:
+        raise ConfigError([str(exc).removeprefix(f"{path}: ")], source) from None
     for key, value in overrides:
         apply_override(data, key, value)
     return build_config(command, data, source)
