@@ -46,12 +46,11 @@ def asterisk_clips(min_total_s: float = 300.0, min_clip_s: float = 1.0, limit: i
 
 
 def wer(references: list[str], hypotheses: list[str]) -> float:
-    """Word error rate in percent after lowercasing and removing punctuation."""
+    """Word error rate in percent, after Whisper's English text normalizer (the one the
+    Whisper paper reports WER with: case, punctuation, hyphens, numbers such as "two" and
+    "2", British/American spellings not included), the same for both sides."""
     import jiwer
+    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
-    def norm(s: str) -> str:
-        s = s.lower().replace("-", " ")
-        s = re.sub(r"[^a-z0-9' ]+", " ", s)
-        return " ".join(s.split())
-
-    return 100.0 * jiwer.wer([norm(r) for r in references], [norm(h) or "<empty>" for h in hypotheses])
+    norm = EnglishTextNormalizer({})
+    return 100.0 * jiwer.wer([norm(r) or "<empty>" for r in references], [norm(h) or "<empty>" for h in hypotheses])

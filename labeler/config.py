@@ -44,8 +44,11 @@ class AsrConfig(_Strict):
     num_cpus: float = Field(1.0, gt=0, description="logical CPUs reserved per ASR actor")
     cpu_threads: int = Field(0, ge=0, description="CTranslate2 intra-op threads on cpu; 0 = the node's cores")
     concurrency: Concurrency = Field(1, description="ASR actors: a fixed count, or (min, max) to autoscale")
-    batch_size: int = Field(8, ge=1, description="rows per ASR batch (map_batches batch_size)")
-    chunk_batch_size: int = Field(8, ge=1, description="VAD chunks decoded together for recordings longer than 30 s")
+    batch_size: int = Field(64, ge=1, description="rows per ASR batch (map_batches batch_size); short clips of one batch are packed together, so give it enough rows to fill several windows")
+    chunk_batch_size: int = Field(4, ge=1, description="30-s windows decoded together: packed short clips, or VAD chunks of a recording longer than 30 s (4 suits a CPU, 16 a GPU)")
+    pack_clips: bool = Field(True, description="pack short clips into shared 30-s windows, each word attributed back to its clip by timestamp (needs language set or an English-only model; otherwise clips are decoded one by one)")
+    pack_window_s: float = Field(29.0, gt=0, le=29.5, description="packing: longest window (clips plus gaps), seconds")
+    pack_gap_s: float = Field(1.0, ge=0.2, le=5.0, description="packing: silence between packed clips, seconds")
     language: Optional[str] = Field(None, description="spoken language code (e.g. en); null = detect per clip")
     beam_size: int = Field(5, ge=1, le=32, description="beam search width")
     vad_filter: bool = Field(True, description="Silero VAD removes silence before decoding")
@@ -63,6 +66,8 @@ class AsrConfig(_Strict):
             "vad_filter": self.vad_filter,
             "vad_min_silence_ms": self.vad_min_silence_ms,
             "condition_on_previous_text": self.condition_on_previous_text,
+            # A packed clip is decoded beside others, so packing is part of what made it.
+            "packing": [self.pack_window_s, self.pack_gap_s] if self.pack_clips else None,
         }
 
     def config_hash(self) -> str:
@@ -72,7 +77,7 @@ class AsrConfig(_Strict):
 class ScorerConfig(_Strict):
     """Entailment scorer actor pool: one score per (transcript, label hypothesis)."""
 
-    backend: Literal["nli", "embedding"] = Field("nli", description="nli: transformers NLI cross-encoder (the paper's method); embedding: sentence-embedding cosine (cheap)")
+    backend: Literal["nli", "embedding", "llm"] = Field("nli", description="nli: NLI cross-encoder (the paper's method); embedding: sentence-embedding cosine (cheap); llm: decoder LLM's yes/no next-token log-odds (labeler/models/llm.py)")
     model: str = Field("MoritzLaurer/deberta-v3-base-zeroshot-v2.0", description="hub id, local folder, or pkg:<package>")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks cuda when a GPU is visible to the actor")
     half_precision: bool = Field(True, description="fp16 on cuda (ignored on cpu)")

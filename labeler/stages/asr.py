@@ -5,7 +5,8 @@ columns. Fills ``text``, ``language``, ``language_prob``, ``avg_logprob``,
 ``no_speech_prob`` for rows not already transcribed (cache hits pass through), adds
 ``asr_model``, ``asr_config_hash``, ``t_asr``; drops ``audio`` (tables keep the URI, not the
 waveform). The model loads once per actor, on the first batch that needs it; a clip that
-fails to transcribe becomes an error row.
+fails to transcribe becomes an error row. The whole batch goes to the model at once, so
+short clips are packed into shared 30-s windows (see :mod:`labeler.models.whisper`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ class ASRStage:
             vad_min_silence_ms=asr_cfg.vad_min_silence_ms,
             condition_on_previous_text=asr_cfg.condition_on_previous_text,
             chunk_batch_size=asr_cfg.chunk_batch_size,
+            pack_clips=asr_cfg.pack_clips,
+            pack_window_s=asr_cfg.pack_window_s,
+            pack_gap_s=asr_cfg.pack_gap_s,
             download_root=asr_cfg.download_root,
         )
 
@@ -58,22 +62,24 @@ class ASRStage:
         audio = batch.column("audio").to_pylist()
         errors = batch.column("error").to_pylist()
         cols = {k: batch.column(k).to_pylist() for k in ("text", "language", "language_prob", "avg_logprob", "no_speech_prob")}
+        todo = [i for i in range(n) if errors[i] is None and audio[i] is not None]
+        waves = [np.frombuffer(audio[i], dtype=np.float32) for i in todo]
+        t0 = time.perf_counter()
+        results = self.model.transcribe_batch(waves) if todo else []
+        elapsed = time.perf_counter() - t0
+        # Clips share windows and batches, so the batch's time is split by audio duration.
+        total = sum(len(w) for w in waves) or 1
         timing = [0.0] * n
-        for i in range(n):
-            if errors[i] is not None or audio[i] is None:
+        for i, w, res in zip(todo, waves, results):
+            timing[i] = elapsed * len(w) / total
+            if isinstance(res, Exception):  # per-clip failure is data; model load failures raise
+                errors[i] = stage_error(self.name, res)
                 continue
-            t0 = time.perf_counter()
-            try:
-                res = self.model.transcribe(np.frombuffer(audio[i], dtype=np.float32))
-            except Exception as exc:  # per-clip failure is data; model load failures raised in __init__
-                errors[i] = stage_error(self.name, exc)
-            else:
-                cols["text"][i] = res.text
-                cols["language"][i] = res.language
-                cols["language_prob"][i] = res.language_prob
-                cols["avg_logprob"][i] = res.avg_logprob
-                cols["no_speech_prob"][i] = res.no_speech_prob
-            timing[i] = time.perf_counter() - t0
+            cols["text"][i] = res.text
+            cols["language"][i] = res.language
+            cols["language_prob"][i] = res.language_prob
+            cols["avg_logprob"][i] = res.avg_logprob
+            cols["no_speech_prob"][i] = res.no_speech_prob
         out = batch.drop_columns(["audio"])
         out = with_columns(
             out,
