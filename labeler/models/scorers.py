@@ -88,6 +88,25 @@ def find_entailment_index(label2id: dict) -> int:
     )
 
 
+def token_budget_batches(lengths: Sequence[int], token_budget: int, max_rows: int) -> list[list[int]]:
+    """Indices grouped into forward passes of similar length: sorted by length, each batch
+    closed before its padded size (rows x longest row) would pass ``token_budget`` or its
+    rows ``max_rows``. Short pairs travel in large batches, long ones in small batches,
+    and little compute goes to padding. A row longer than the budget goes alone."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        # Sorted ascending, so this row is the longest so far: the padded size if added.
+        if current and ((len(current) + 1) * lengths[i] > token_budget or len(current) >= max_rows):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
 class NLIScorer(Scorer):
     backend = "nli"
 
@@ -98,7 +117,8 @@ class NLIScorer(Scorer):
         device: str = "auto",
         half_precision: bool = True,
         max_length: int = 256,
-        pair_batch_size: int = 32,
+        pair_batch_size: int = 256,
+        pair_token_budget: int = 4096,
         torch_threads: int = 0,
     ) -> None:
         import torch
@@ -119,6 +139,7 @@ class NLIScorer(Scorer):
         self.model.to(self.device).eval()
         self.max_length = max_length
         self.pair_batch_size = pair_batch_size
+        self.pair_token_budget = pair_token_budget
         self._torch = torch
 
     def score_pairs(self, premises, hypotheses, pairs) -> np.ndarray:
@@ -131,13 +152,10 @@ class NLIScorer(Scorer):
             truncation="only_first",
             max_length=self.max_length,
         )
-        ids = enc["input_ids"]
-        # Sort by length so each batch pads to similar lengths.
-        order = sorted(range(len(pairs)), key=lambda i: len(ids[i]))
+        lengths = [len(x) for x in enc["input_ids"]]
         flat = np.zeros(len(pairs), dtype=np.float32)
         with torch.inference_mode():
-            for start in range(0, len(order), self.pair_batch_size):
-                idx = order[start : start + self.pair_batch_size]
+            for idx in token_budget_batches(lengths, self.pair_token_budget, self.pair_batch_size):
                 features = [{k: enc[k][i] for k in enc.keys()} for i in idx]
                 batch = self.tokenizer.pad(features, return_tensors="pt")
                 batch = {k: v.to(self.device) for k, v in batch.items()}
@@ -207,6 +225,7 @@ def make_scorer(cfg) -> Scorer:
             half_precision=cfg.half_precision,
             max_length=cfg.max_length,
             pair_batch_size=cfg.pair_batch_size,
+            pair_token_budget=cfg.pair_token_budget,
             torch_threads=threads,
         )
     if cfg.backend == "embedding":

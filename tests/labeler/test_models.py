@@ -5,7 +5,7 @@ import pytest
 
 from fixtures import load_sample
 from labeler.errors import ModelLoadError
-from labeler.models.scorers import EmbeddingScorer, NLIScorer, find_entailment_index
+from labeler.models.scorers import EmbeddingScorer, NLIScorer, find_entailment_index, token_budget_batches
 from labeler.models.whisper import WhisperASR
 from labeler.taxonomy import load_taxonomy
 
@@ -20,13 +20,30 @@ def test_entailment_index_comes_from_label2id():
         find_entailment_index({"LABEL_0": 0, "LABEL_1": 1})
 
 
+def test_token_budget_batches_sort_by_length_and_respect_the_budget():
+    rng = np.random.default_rng(0)
+    lengths = list(rng.integers(5, 120, 500)) + [400]
+    batches = token_budget_batches(lengths, token_budget=1024, max_rows=64)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(len(lengths)))  # every pair exactly once
+    assert flat == sorted(range(len(lengths)), key=lambda i: (lengths[i], i))  # in length order
+    for b in batches:
+        longest = max(lengths[i] for i in b)
+        assert len(b) <= 64 and (len(b) * longest <= 1024 or len(b) == 1)
+    assert batches[-1] == [500]  # longer than the budget: alone
+    assert len(batches[0]) > 4 * len(batches[-2])  # short pairs in large batches, long ones in small
+    # Padding is small: padded tokens within 25% of the real ones.
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    assert padded <= 1.25 * sum(lengths)
+
+
 @pytest.mark.parametrize("which", ["tiny_nli", "tiny_nli_2class"])
 def test_nli_scorer_matches_hf_zero_shot_pipeline(request, which):
     from transformers import pipeline
 
     path = request.getfixturevalue(which)
     tax = load_taxonomy("ekman")
-    scorer = NLIScorer(path, device="cpu", pair_batch_size=5)
+    scorer = NLIScorer(path, device="cpu", pair_batch_size=5, pair_token_budget=64)
     res = scorer.score(PREMISES, tax.hypotheses)
     assert res.probs.shape == (3, 7)
     np.testing.assert_allclose(res.probs.sum(axis=1), 1.0, atol=1e-5)
