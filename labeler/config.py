@@ -87,7 +87,7 @@ class ScorerConfig(_Strict):
     concurrency: Concurrency = Field(1, description="scorer actors: a fixed count, or (min, max)")
     batch_size: int = Field(64, ge=1, description="rows (transcripts) per scorer batch")
     pair_batch_size: int = Field(256, ge=1, description="most (transcript, hypothesis) pairs in one forward pass")
-    pair_token_budget: int = Field(4096, ge=16, description="nli: padded tokens per forward pass (pairs x longest pair); pairs are sorted by length and batched up to this budget, so short pairs go in large batches (4096 suits a CPU, 32768 a GPU)")
+    pair_token_budget: int = Field(1024, ge=16, description="nli: padded tokens per forward pass (pairs x longest pair); pairs are sorted by length and batched up to this budget, so short pairs go in large batches (about 1024 suits a CPU, where larger passes run slower, 32768 a GPU)")
     max_length: int = Field(256, ge=16, description="token limit per pair; the transcript is truncated, never the hypothesis")
     temperature: float = Field(0.05, gt=0, description="embedding backend: softmax temperature over cosine similarities")
 

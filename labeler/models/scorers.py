@@ -118,7 +118,7 @@ class NLIScorer(Scorer):
         half_precision: bool = True,
         max_length: int = 256,
         pair_batch_size: int = 256,
-        pair_token_budget: int = 4096,
+        pair_token_budget: int = 1024,
         torch_threads: int = 0,
     ) -> None:
         import torch
