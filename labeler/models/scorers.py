@@ -209,7 +209,8 @@ class EmbeddingScorer(Scorer):
 
 def probs_for_backend(backend: str, raw: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """The backend's raw -> probability rule, usable without loading its model: softmax over
-    the labels of the entailment logits (nli) or of cosine / temperature (embedding)."""
+    the labels of the entailment logits (nli), of the yes/no log-odds (llm) or of
+    cosine / temperature (embedding)."""
     if backend == "embedding":
         return softmax(raw / temperature, axis=1)
     return softmax(raw, axis=1)
@@ -218,6 +219,10 @@ def probs_for_backend(backend: str, raw: np.ndarray, temperature: float = 1.0) -
 def make_scorer(cfg) -> Scorer:
     """Build the scorer a :class:`labeler.config.ScorerConfig` describes."""
     threads = cfg.torch_threads or max(1, math.ceil(cfg.num_cpus))
+    if cfg.backend == "llm" or getattr(cfg, "engine", "transformers") == "vllm":
+        from labeler.models.llm import make_llm_scorer
+
+        return make_llm_scorer(cfg)
     if cfg.backend == "nli":
         return NLIScorer(
             cfg.model,

@@ -182,6 +182,20 @@ class EntailStage:
         )
         return check_rows(self.name, n, out)
 
+    def close(self) -> None:
+        """Release the scorer's model; a vLLM engine must be shut down before the actor
+        process exits (else the exit may abort). Ray Data calls ``__del__`` when it retires
+        the actor gracefully."""
+        scorer, self._scorer = self._scorer, None
+        if scorer is not None and hasattr(scorer, "close"):
+            scorer.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: nothing useful left to report
+            pass
+
     def scorer_to_probs(self, raw: np.ndarray) -> np.ndarray:
         """Probabilities from raw scores without loading the model (the rule is the backend's)."""
         from labeler.models.scorers import probs_for_backend
