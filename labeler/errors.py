@@ -24,5 +24,10 @@ class ModelLoadError(LanserError, RuntimeError):
     """A model could not be loaded or an engine died: the job stops with this message."""
 
 
+class DeviceError(LanserError, RuntimeError):
+    """The device failed mid-run (out of memory, a CUDA error): a problem of the job, not of
+    one row, so it stops the job instead of turning every row into an error row."""
+
+
 class CommitError(LanserError, RuntimeError):
     """A run's output could not be committed (e.g. row counts do not add up)."""

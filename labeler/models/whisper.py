@@ -29,7 +29,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from labeler.errors import ModelLoadError
+from labeler.errors import DeviceError, ModelLoadError
 from labeler.models.registry import resolve_model
 
 SAMPLE_RATE = 16_000
@@ -65,6 +65,22 @@ def resolve_compute_type(compute_type: str, device: str) -> str:
     if compute_type != "auto":
         return compute_type
     return "float16" if device == "cuda" else "int8"
+
+
+def is_device_failure(exc: BaseException) -> bool:
+    """Out of memory or a failed GPU: the job's problem, not the clip's (CTranslate2 reports
+    both as RuntimeError, e.g. "CUDA failed with error out of memory")."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(k in text for k in ("out of memory", "cuda", "cudnn", "cublas"))
+
+
+def device_error(where: str, exc: BaseException) -> DeviceError:
+    return DeviceError(
+        f"ASR {where} failed on the device: {type(exc).__name__}: {exc}. Lower asr.batch_size or "
+        "asr.chunk_batch_size, or give the ASR actor more memory (asr.num_gpus / a larger node)"
+    )
 
 
 def packing_language(language: Optional[str], multilingual: bool) -> Optional[str]:
@@ -225,7 +241,9 @@ class WhisperASR:
         for i in sorted(alone):
             try:
                 results[i] = self.transcribe(waveforms[i])
-            except Exception as exc:  # per-clip failure is data
+            except Exception as exc:  # per-clip failure is data; a failing device stops the job
+                if is_device_failure(exc):
+                    raise device_error("decoding", exc) from exc
                 results[i] = exc
             self.stats["alone_clips"] += 1
         return results  # type: ignore[return-value]
@@ -261,7 +279,9 @@ class WhisperASR:
                 vad_filter=False,
             )
             segments = list(segments)
-        except Exception:
+        except Exception as exc:
+            if is_device_failure(exc):
+                raise device_error("of packed windows", exc) from exc
             # A window batch that fails is not a clip's failure: decode each clip alone, so
             # a clip that really is bad fails on its own and the others still transcribe.
             return [i for members in windows for i in members]

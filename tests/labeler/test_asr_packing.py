@@ -110,6 +110,31 @@ def test_packing_needs_a_known_language(asr):
     assert off.stats["packed_windows"] == before["packed_windows"] and off.stats["alone_clips"] == 2
 
 
+class FailingASR(WhisperASR):
+    """Pure logic around the model: every decode raises ``exc`` (no model is loaded)."""
+
+    def __init__(self, exc, pack):
+        self.exc, self.pack_clips, self.device = exc, pack, "cuda"
+        self.stats = {"packed_clips": 0, "packed_windows": 0, "alone_clips": 0, "redecoded_clips": 0}
+        self.pack_window_s, self.pack_gap_s, self.pack_language, self.beam_size, self.chunk_batch_size = 29.0, 1.0, "en", 1, 2
+        self.pipeline = self
+
+    def transcribe(self, waveform, **kwargs):
+        raise self.exc
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_a_failing_device_stops_the_job_a_bad_clip_does_not(pack):
+    from labeler.errors import DeviceError
+
+    clips = [np.zeros(SAMPLE_RATE, np.float32)] * 3
+    results = FailingASR(ValueError("cannot decode this clip"), pack).transcribe_batch(clips)
+    assert [type(r) for r in results] == [ValueError] * 3  # per-clip failures become error rows
+    for exc in (RuntimeError("CUDA failed with error out of memory"), MemoryError()):
+        with pytest.raises(DeviceError, match="asr.batch_size"):
+            FailingASR(exc, pack).transcribe_batch(clips)
+
+
 def test_packing_settings_are_part_of_the_transcript_cache_key():
     assert AsrConfig(pack_clips=False).config_hash() != AsrConfig().config_hash()
     assert AsrConfig(pack_gap_s=2.0).config_hash() != AsrConfig().config_hash()
