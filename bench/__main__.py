@@ -66,7 +66,6 @@ def _template(taxonomy) -> str:
 
 # -- 1. ASR ---------------------------------------------------------------------------
 def bench_asr(clips, audios, asr_cfg) -> dict:
-    import numpy as np
     import pyarrow as pa
     from faster_whisper import WhisperModel
 
@@ -90,7 +89,6 @@ def bench_asr(clips, audios, asr_cfg) -> dict:
     t0 = time.perf_counter()
     naive = [naive_one(a) for a in audios]
     naive_s = time.perf_counter() - t0
-    del model
 
     stage = ASRStage(asr_cfg.model_copy(update={"cpu_threads": threads}))
 
