@@ -1,4 +1,4 @@
-"""Everything under deploy/ validates (deploy/validate.py), and the validator catches what it claims to.
+"""Everything under deploy/ validates (deploy.validate), and the validator catches what it claims to.
 
 The first group runs every check over the real tree, one test per kind of check, each
 listing all of its problems at once. The second group feeds the validator broken documents
@@ -9,20 +9,17 @@ each of them: a validator that passes everything would fail here.
 from __future__ import annotations
 
 import copy
-import importlib.util
-import os
+import hashlib
+import re
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("lanser_deploy_validate", REPO / "deploy" / "validate.py")
-validate = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = validate  # dataclasses look their module up while the class is built
-_spec.loader.exec_module(validate)
+from deploy import validate
+
+REPO = validate.REPO
 
 CHECKS = ("yaml", "schema", "operator", "references", "files", "consistency", "conventions", "runtime-env", "dockerfile", "credentials")
 
@@ -37,12 +34,9 @@ def project():
     return validate.Project(REPO)
 
 
-KUBERAY = Path(os.environ.get(validate.KUBERAY_SCHEMAS_ENV) or REPO / validate.KUBERAY_SCHEMAS_DEFAULT)
-
-
 @pytest.fixture(scope="module")
 def schemas():
-    return validate.Schemas(KUBERAY)
+    return validate.Schemas()
 
 
 def manifest(rel: str, index: int = 0) -> dict:
@@ -76,7 +70,7 @@ def test_kuberay_operator_rules_hold(report):
 def test_commands_and_names_resolve(report):
     """lanser commands parse with the real CLI parsers; configs with their --set validate;
     clusterSelector, head service, ConfigMap and ServiceAccount names resolve."""
-    assert not report.of("references"), listing(report.of("references")) + "\nnotes:\n" + "\n".join(report.notes)
+    assert not report.of("references"), listing(report.of("references"))
 
 
 def test_referenced_project_files_exist(report):
@@ -97,13 +91,28 @@ def test_every_problem_belongs_to_a_tested_check(report):
     assert {p.check for p in report.problems} <= set(CHECKS)
 
 
-def test_taxonomy_configmap_holds_exactly_the_shipped_files(project):
-    cm = manifest(validate.TAXONOMY_CONFIGMAP_FILE)
+def kustomization_header() -> str:
+    """The command on the kustomization's first line: kubectl kustomize ... deploy/k8s | kubectl apply ..."""
+    return (REPO / validate.KUSTOMIZATION).read_text().splitlines()[0].lstrip("#").strip()
+
+
+def test_kustomization_applies_account_taxonomies_and_cluster_in_order_with_the_shipped_files():
+    """The documented command builds the ServiceAccount, then the taxonomy ConfigMap holding
+    exactly labeler/taxonomies/*.yaml (byte for byte, under its plain name), then the RayCluster."""
+    built = validate.kustomize_build(kustomization_header(), REPO)
+    assert [(d["kind"], d["metadata"]["name"]) for d in built] == [("ServiceAccount", "lanser"), ("ConfigMap", validate.TAXONOMY_CONFIGMAP), ("RayCluster", "lanser")]
     shipped = {p.name: p.read_text() for p in sorted((REPO / "labeler" / "taxonomies").glob("*.yaml"))}
     assert shipped, "no shipped taxonomies found"
-    assert cm["data"] == shipped
-    # and the committed file is exactly what --write-taxonomies generates
-    assert (REPO / validate.TAXONOMY_CONFIGMAP_FILE).read_text() == validate.render_taxonomy_configmap(project)
+    assert built[1]["data"] == shipped
+    assert built[1]["metadata"]["labels"] == {"app.kubernetes.io/name": "lanser", "app.kubernetes.io/component": "taxonomies"}
+    assert not list((REPO / "deploy").rglob("taxonomies-configmap.yaml")), "the ConfigMap is generated, never committed"
+
+
+def test_kustomize_failures_carry_kubectls_message(tmp_path):
+    shutil.copytree(REPO / "deploy/k8s", tmp_path / "deploy/k8s")
+    (tmp_path / "labeler/taxonomies").mkdir(parents=True)  # the kustomization's files are missing
+    with pytest.raises(RuntimeError, match="ekman.yaml"):
+        validate.kustomize_build(kustomization_header(), tmp_path)
 
 
 def test_ray_pods_mount_the_taxonomies_where_commands_read_them():
@@ -181,7 +190,7 @@ def test_undeclared_fields_respects_maps_and_preserved_fields():
 def test_a_tree_with_several_broken_files_reports_every_problem(tmp_path):
     """End to end over a copy of the tree: nested dirs, multi-document files, all problems at once."""
     for rel in ("deploy", "labeler/taxonomies", "labeler/configs"):
-        shutil.copytree(REPO / rel, tmp_path / rel, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(REPO / rel, tmp_path / rel, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
     nested = tmp_path / "deploy/k8s/extra/more.yaml"
     nested.parent.mkdir()
@@ -193,21 +202,31 @@ def test_a_tree_with_several_broken_files_reports_every_problem(tmp_path):
     )
     (tmp_path / "deploy/k8s/no-header.yaml").write_text("apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: x}\n")
     taxonomy = tmp_path / "labeler/taxonomies/ekman.yaml"
-    taxonomy.write_text(taxonomy.read_text().replace("anger", "rage"))
-    report = validate.validate_all(tmp_path, kuberay_dir=KUBERAY)
+    taxonomy.write_text(taxonomy.read_text().replace("anger", "rage"))  # an edit flows into the ConfigMap: no problem
+    (tmp_path / "labeler/taxonomies/mine.yaml").write_text("name: mine\n")  # a new file not in the kustomization
+    report = validate.validate_all(tmp_path)
     text = listing(report.problems)
     assert "deploy/k8s/extra/more.yaml[1] ConfigMap/typo: <document>: Additional properties are not allowed ('datta' was unexpected)" in text
-    # (labeler.cli's parser, or the fallback list while it does not exist, rejects the subcommand)
+    # (labeler.cli's parser rejects the subcommand)
     assert "deploy/k8s/extra/more.yaml[2] RayJob/broken spec.entrypoint: `python -m labeler lable`: " in text
     assert "clusterSelector: no RayCluster 'nope'" in text
     assert "[yaml] deploy/k8s/no-header.yaml: must start with a comment" in text
-    assert "ekman.yaml differs from labeler/taxonomies/ekman.yaml" in text
+    assert "[references] deploy/k8s/kustomization.yaml[1] ConfigMap/lanser-taxonomies: lacks mine.yaml from labeler/taxonomies/" in text
+    assert "differs" not in text  # kustomize read the edited ekman.yaml
     assert not any("more.yaml[0]" in p.where for p in report.problems)  # the valid document passes
 
 
-def test_missing_kuberay_schemas_fail_loudly(tmp_path):
-    report = validate.validate_all(REPO, kuberay_dir=tmp_path / "nowhere")
-    assert any(validate.KUBERAY_SCHEMAS_ENV in p.message for p in report.of("schema"))
+def test_the_carried_kuberay_crds_are_the_documented_files_and_the_kinds_we_use(schemas, report):
+    """deploy/schemas/kuberay/ holds exactly the files its README lists, byte for byte (size and
+    sha256 of the KubeRay v1.7.0 release), and CRDs for exactly the ray.io kinds the manifests use."""
+    table = re.findall(r"^\| `([^`]+)` \| (\d+) \| `([0-9a-f]{64})` \|", (schemas.kuberay_dir / "README.md").read_text(), re.M)
+    assert {name for name, _, _ in table} == {p.name for p in schemas.kuberay_dir.iterdir()} - {"README.md"}
+    assert "LICENSE" in {name for name, _, _ in table}
+    for name, size, sha256 in table:
+        data = (schemas.kuberay_dir / name).read_bytes()
+        assert (len(data), hashlib.sha256(data).hexdigest()) == (int(size), sha256), name
+    used = {k.split()[1] for k in report.kinds if k.startswith(validate.RAY_GROUP + "/")}
+    assert used == {kind for _, kind in schemas.crds} == {"RayCluster", "RayJob", "RayCronJob"}
 
 
 # --------------------------------------------------------------------------- command and file references
@@ -247,34 +266,33 @@ def test_command_checker_accepts_good_commands_and_sees_through_ray_job_submit(p
     assert checker.found == [("labeler", ["label", "--config", "labeler/configs/demo.yaml", "--input", "clips/", "--output", "out/", "--taxonomy", "ekman", "--set", "asr.beam_size=1"])]
 
 
-def test_fallback_subcommand_list_while_a_cli_is_not_importable():
-    project = validate.Project(REPO)
-    project.parsers = {pkg: validate.CliUnavailable(f"{pkg}.cli does not exist yet", broken=False) for pkg in validate.FALLBACK_SUBCOMMANDS}
+@pytest.mark.parametrize(
+    "package, subcommand, config, override, typo",
+    [
+        ("labeler", "label", "labeler/configs/demo.yaml", "asr.beam_sise=1", "beam_sise"),
+        ("trainer", "pretrain", "trainer/configs/pretrain.yaml", "scaling.num_workerz=2", "num_workerz"),
+    ],
+)
+def test_a_config_with_a_mistyped_set_override_is_reported(project, package, subcommand, config, override, typo):
+    """The package's own config loader (labeler.config / trainer.config) rejects the override."""
+    assert project.config_error(package, subcommand, config, []) is None  # the control: the config alone is valid
     report = validate.Report()
-    checker = validate.CommandChecker(project, report, {"ekman.yaml"})
-    site = validate.Site("t", cwd_is_repo=False)
-    checker.check_shell("python -m labeler relabel --output s3://b/lanser --taxonomy /etc/lanser/taxonomies/ekman.yaml", site)
-    checker.check_shell("lanser-train finetune", site)
-    assert report.problems == []
-    checker.check_shell("python -m labeler lable", site)
-    assert [p.message for p in report.problems] == ["`python -m labeler lable`: unknown subcommand (expected one of label, relabel, inspect)"]
-
-
-def test_label_config_with_a_mistyped_set_override_is_reported(project):
-    try:
-        project.check_config("labeler", "label", "labeler/configs/demo.yaml", [])
-    except LookupError as exc:
-        pytest.skip(f"labeler.config offers no loader to call: {exc}")
-    report = validate.Report()
-    validate.CommandChecker(project, report, set()).check_shell(
-        "python -m labeler label --config /home/ray/lanser/labeler/configs/demo.yaml --set asr.beam_sise=1", validate.Site("t", False)
-    )
-    assert "beam_sise" in listing(report.of("references")), listing(report.problems)
+    command = f"python -m {package} {subcommand} --config {validate.IMAGE_APP_DIR}/{config} --set {override}"
+    validate.CommandChecker(project, report, set()).check_shell(command, validate.Site("t", cwd_is_repo=False))
+    assert typo in listing(report.of("references")), listing(report.problems)
 
 
 def test_readme_commands_join_continuations_and_skip_other_blocks():
-    text = "x\n```bash\n# comment\n$ ray job submit -- \\\n  python -m labeler label \\\n    --input a\nexport A=1\n```\n```yaml\nkey: python -m labeler nope\n```\n"
-    assert list(validate.readme_commands(text)) == [(4, "ray job submit -- python -m labeler label --input a"), (7, "export A=1")]
+    text = (
+        "x\n```bash\n# comment\nray job submit -- \\\n  python -m labeler label \\\n    --input a\nexport A=1\n```\n"
+        "```yaml\nkey: python -m labeler nope\n```\n"
+        "- a list item:\n\n  ```bash\n  kubectl apply -f x.yaml\n  ```\n"
+    )
+    assert list(validate.readme_commands(text)) == [
+        (4, "ray job submit -- python -m labeler label --input a"),
+        (7, "export A=1"),
+        (15, "kubectl apply -f x.yaml"),
+    ]
 
 
 def test_object_references_must_resolve():
@@ -289,15 +307,18 @@ def test_object_references_must_resolve():
 
 
 def test_taxonomy_configmap_drift_is_reported(project):
-    cm = manifest(validate.TAXONOMY_CONFIGMAP_FILE)
-    where = f"{validate.TAXONOMY_CONFIGMAP_FILE}[0]"
+    (cm,) = [d for d in validate.kustomize_build(kustomization_header(), REPO) if d["kind"] == "ConfigMap"]
+    where = f"{validate.KUSTOMIZATION}[1] ConfigMap/{validate.TAXONOMY_CONFIGMAP}"
     assert validate.taxonomy_configmap_problems([(where, cm)], project) == []
     drifted = copy.deepcopy(cm)
     drifted["data"]["ekman.yaml"] += "  - name: boredom\n"
     del drifted["data"]["iemocap4.yaml"]
     drifted["data"]["mine.yaml"] = "name: mine\n"
     text = listing(validate.taxonomy_configmap_problems([(where, drifted)], project))
-    assert "ekman.yaml differs" in text and "lacks iemocap4.yaml" in text and "has mine.yaml, which is not in labeler/taxonomies/" in text
+    assert "ekman.yaml differs" in text and "lacks iemocap4.yaml" in text and "has mine.yaml, which is not a file in labeler/taxonomies/" in text
+    by_hand = listing(validate.taxonomy_configmap_problems([("deploy/k8s/taxonomies.yaml[0]", cm)], project))
+    assert "must be generated by deploy/k8s/kustomization.yaml" in by_hand
+    assert "expected exactly one ConfigMap lanser-taxonomies" in listing(validate.taxonomy_configmap_problems([(where, cm)] * 2, project))
 
 
 # --------------------------------------------------------------------------- operator rules, images, runtime envs
@@ -320,7 +341,7 @@ def test_operator_rules_are_enforced():
 def test_image_tags_and_ray_versions_must_agree(project):
     cluster = copy.deepcopy(manifest("deploy/k8s/raycluster.yaml"))
     cluster["spec"]["workerGroupSpecs"][1]["template"]["spec"]["containers"][0]["image"] = "registry.example.com/lanser:9.9.9"
-    text = listing(validate.image_version_problems([("c", cluster)], [], "2.61.0", project, REPO / validate.DOCKERFILE))
+    text = listing(validate.image_version_problems([("c", cluster)], [], "2.61.0", project, "registry.example.com/lanser:0.1.0"))
     assert "one image everywhere, found 2" in text
     assert "the tag must be the project version" in text
     assert "rayVersion is '2.60.0', the image has Ray 2.61.0" in text
@@ -362,14 +383,17 @@ def test_dockerfile_lint_reports_every_problem(project):
     assert "Ray 2.40.0" in text and "does not satisfy" in text
 
 
-def test_dockerignore_keeps_credentials_out_and_the_build_inputs_in(project):
+def test_dockerignore_keeps_credentials_out_and_the_build_inputs_in():
     real = (REPO / validate.DOCKERIGNORE).read_text()
-    assert validate.dockerignore_problems(real, "ignore", project) == []
-    text = listing(validate.dockerignore_problems("labeler\n*.toml\n", "ignore", project))
+    assert validate.dockerignore_problems(real, "ignore") == []
+    text = listing(validate.dockerignore_problems("labeler\n*.toml\n", "ignore"))
     assert "excludes labeler/__init__.py" in text and "excludes pyproject.toml" in text
     assert "does not exclude .env" in text and "does not exclude .aws/credentials" in text
-    assert validate.dockerignore_excludes(["**/.env", "!keep/.env"], "a/b/.env")
-    assert not validate.dockerignore_excludes(["**/.env", "!keep/.env"], "keep/.env")
+    # Docker's rules, not gitignore's: a pattern without **/ only matches at the context root,
+    # and a later ! pattern re-includes.
+    text = listing(validate.dockerignore_problems(real.replace("**/.env\n", ".env\n"), "ignore"))
+    assert "does not exclude labeler/.env" in text and "does not exclude .env:" not in text
+    assert "does not exclude labeler/.env" in listing(validate.dockerignore_problems(real + "!labeler/.env\n", "ignore"))
 
 
 # --------------------------------------------------------------------------- credentials
