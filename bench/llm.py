@@ -104,8 +104,9 @@ def run_llm_bench(transcripts: list[str], taxonomy, nli_model: str, *, llm_model
     """
     import numpy as np
 
+    from labeler.config import ScorerConfig
     from labeler.models.llm import LLMScorer
-    from labeler.models.scorers import NLIScorer
+    from labeler.models.nli import NLIScorer
     from labeler.taxonomy import load_taxonomy
 
     tax = load_taxonomy(taxonomy) if isinstance(taxonomy, str) else taxonomy
@@ -114,8 +115,8 @@ def run_llm_bench(transcripts: list[str], taxonomy, nli_model: str, *, llm_model
     threads = os.cpu_count() or 1
 
     def vllm(prefix: bool):
-        return lambda: LLMScorer(llm_model, engine="vllm", dtype=dtype, max_model_len=max_model_len,
-                                 vllm_args={"prefix_caching": prefix, "enforce_eager": enforce_eager})
+        return lambda: LLMScorer(ScorerConfig(backend="llm", engine="vllm", model=llm_model, dtype=dtype, max_model_len=max_model_len,
+                                              prefix_caching=prefix, enforce_eager=enforce_eager))
 
     runs = [
         _time_scorer("llm vllm, prefix sharing", vllm(True), transcripts, hyps, batch_size),
@@ -123,10 +124,11 @@ def run_llm_bench(transcripts: list[str], taxonomy, nli_model: str, *, llm_model
     ]
     if include_transformers:
         runs.append(_time_scorer(
-            "llm transformers", lambda: LLMScorer(llm_model, engine="transformers", device="cpu", max_model_len=max_model_len,
-                                                  torch_threads=threads, pair_batch_size=16, pair_token_budget=1024),
+            "llm transformers", lambda: LLMScorer(ScorerConfig(backend="llm", engine="transformers", model=llm_model, device="cpu",
+                                                               max_model_len=max_model_len, torch_threads=threads,
+                                                               pair_batch_size=16, pair_token_budget=1024)),
             transcripts, hyps, batch_size))
-    runs.append(_time_scorer("nli", lambda: NLIScorer(nli_model, device="cpu", torch_threads=threads), transcripts, hyps, batch_size))
+    runs.append(_time_scorer("nli", lambda: NLIScorer(ScorerConfig(backend="nli", model=nli_model, device="cpu", torch_threads=threads)), transcripts, hyps, batch_size))
 
     raw = {r["name"]: r.pop("raw") for r in runs}
     on, off = raw["llm vllm, prefix sharing"], raw["llm vllm, no prefix sharing"]

@@ -25,12 +25,18 @@ class _Strict(BaseModel):
 
 Concurrency = Union[int, tuple[int, int]]
 
+LLM_PROMPT_VERSION = "yesno-v1"
+"""Names the llm backend's prompt text and scoring rule (``labeler/models/prompt.py``); part
+of the score-cache key: change it whenever either changes, so cached scores of the old prompt
+are not reused."""
+
 
 class DecodeConfig(_Strict):
-    """CPU tasks that read each file, hash its bytes and decode it to 16 kHz mono."""
+    """CPU actors that read each file, hash its bytes and decode it to 16 kHz mono."""
 
-    num_cpus: float = Field(0.25, gt=0, description="logical CPUs reserved per decode task")
-    rows_per_block: int = Field(16, ge=1, le=100_000, description="input rows per decode task")
+    num_cpus: float = Field(0.25, gt=0, description="logical CPUs reserved per decode actor")
+    concurrency: Concurrency = Field(1, description="decode actors: a fixed count, or (min, max) to autoscale (one keeps up with a CPU ASR actor; raise it on a cluster)")
+    rows_per_block: int = Field(16, ge=1, le=100_000, description="input rows per decode batch")
     max_duration_s: float = Field(4 * 3600.0, gt=0, description="longer recordings become error rows instead of exhausting memory")
 
 
@@ -117,10 +123,8 @@ class ScorerConfig(_Strict):
         if self.backend == "llm" or self.engine != "transformers":
             key["dtype"] = self.dtype
         if self.backend == "llm":
-            from labeler.models.llm import PROMPT_VERSION
-
             key["max_model_len"] = self.max_model_len
-            key["prompt"] = PROMPT_VERSION
+            key["prompt"] = LLM_PROMPT_VERSION
         return key
 
     def key_hash(self) -> str:
@@ -188,7 +192,7 @@ class LabelConfig(_Strict):
 
     @model_validator(mode="after")
     def _concurrency_ok(self) -> "LabelConfig":
-        for name in ("asr", "scorer"):
+        for name in ("decode", "asr", "scorer"):
             c = getattr(self, name).concurrency
             if isinstance(c, tuple) and not (1 <= c[0] <= c[1]):
                 raise ValueError(f"{name}.concurrency: (min, max) needs 1 <= min <= max, got {c}")

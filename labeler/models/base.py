@@ -1,0 +1,121 @@
+"""The scorer interface every entailment backend implements, and the helpers they share."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from labeler.config import ScorerConfig
+from labeler.errors import ModelLoadError
+
+Pair = tuple[int, int]
+"""(premise index, hypothesis index)."""
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    raw: np.ndarray  # float32 [num_premises, num_hypotheses], backend's own scale
+    probs: np.ndarray  # float32 [num_premises, num_hypotheses], rows sum to 1
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    x = x - x.max(axis=axis, keepdims=True)
+    e = np.exp(x)
+    return (e / e.sum(axis=axis, keepdims=True)).astype(np.float32)
+
+
+def probs_for_backend(backend: str, raw: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """The backend's raw -> probability rule, usable without loading its model: softmax over
+    the labels of the entailment logits (nli), of the yes/no log-odds (llm) or of
+    cosine / temperature (embedding)."""
+    if backend == "embedding":
+        return softmax(raw / temperature, axis=1)
+    return softmax(raw, axis=1)
+
+
+class Scorer:
+    """One score per (premise, hypothesis): load once, then :meth:`score` / :meth:`score_pairs`."""
+
+    backend: str = ""
+    model_name: str = ""
+    temperature: float = 1.0  # of the raw -> probs rule; only the embedding backend uses it
+
+    @property
+    def name(self) -> str:
+        """Provenance string stored in the ``scorer`` column: ``backend:model``."""
+        return f"{self.backend}:{self.model_name}"
+
+    def score(self, premises: Sequence[str], hypotheses: Sequence[str]) -> ScoreResult:
+        """Every premise against every hypothesis."""
+        pairs = [(p, h) for p in range(len(premises)) for h in range(len(hypotheses))]
+        raw = self.score_pairs(premises, hypotheses, pairs).reshape(len(premises), len(hypotheses))
+        return ScoreResult(raw, self.to_probs(raw))
+
+    def score_pairs(self, premises: Sequence[str], hypotheses: Sequence[str], pairs: Sequence[Pair]) -> np.ndarray:
+        """Raw scores (float32, one per pair, in order) of the given pairs only (the rest may be cached)."""
+        raise NotImplementedError
+
+    def to_probs(self, raw: np.ndarray) -> np.ndarray:
+        """Per-premise probability over the hypotheses from a full raw matrix."""
+        return probs_for_backend(self.backend, raw, self.temperature)
+
+    def close(self) -> None:
+        """Release what the model holds (an engine process, memory); nothing by default."""
+
+
+def torch_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; anything else as given."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def torch_threads(cfg: ScorerConfig) -> int:
+    """torch intra-op threads of a scorer: ``scorer.torch_threads``, or 0 = ceil(num_cpus)."""
+    return cfg.torch_threads or max(1, math.ceil(cfg.num_cpus))
+
+
+def set_threads(device: str, threads: int) -> None:
+    """torch's intra-op threads on cpu (process-wide; ignored on other devices or for 0)."""
+    import torch
+
+    if device == "cpu" and threads > 0:
+        torch.set_num_threads(threads)
+
+
+def find_entailment_index(label2id: Mapping[str, int]) -> int:
+    """Index of the entailment class in a model's ``label2id`` (never assumed)."""
+    norm = {str(k).lower().replace("-", "_"): int(v) for k, v in (label2id or {}).items()}
+    if "entailment" in norm:
+        return norm["entailment"]
+    candidates = [v for k, v in norm.items() if k.startswith("entail")]
+    if len(candidates) == 1:
+        return candidates[0]
+    raise ModelLoadError(
+        f"cannot find the entailment class in the model's label2id {label2id!r}: an NLI model "
+        "must name one class 'entailment' (config.json id2label/label2id)"
+    )
+
+
+def token_budget_batches(lengths: Sequence[int], token_budget: int, max_rows: int) -> list[list[int]]:
+    """Indices grouped into forward passes of similar length: sorted by length, each batch
+    closed before its padded size (rows x longest row) would pass ``token_budget`` or its
+    rows ``max_rows``. Short pairs travel in large batches, long ones in small batches,
+    and little compute goes to padding. A row longer than the budget goes alone."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        # Sorted ascending, so this row is the longest so far: the padded size if added.
+        if current and ((len(current) + 1) * lengths[i] > token_budget or len(current) >= max_rows):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
