@@ -71,7 +71,9 @@ def bench_asr(clips, audios, asr_cfg) -> dict:
 
     from bench.speech import wer
     from labeler.models.registry import resolve_model
+    from labeler.config import LabelConfig
     from labeler.stages.asr import ASRStage
+    from labeler.stages.base import StageContext
 
     threads = os.cpu_count() or 1
     refs = [c.reference for c in clips]
@@ -90,13 +92,14 @@ def bench_asr(clips, audios, asr_cfg) -> dict:
     naive = [naive_one(a) for a in audios]
     naive_s = time.perf_counter() - t0
 
-    stage = ASRStage(asr_cfg.model_copy(update={"cpu_threads": threads}))
+    stage = ASRStage(LabelConfig(asr=asr_cfg.model_copy(update={"cpu_threads": threads})), StageContext())
 
     def table(rows):
         n = len(rows)
         return pa.table({
-            "utt_id": [str(i) for i in rows], "audio": [audios[i].tobytes() for i in rows],
-            "error": [None] * n, "asr_cached": [False] * n, "text": [None] * n, "language": [None] * n,
+            "utt_id": [str(i) for i in rows], "uri": [clips[i].path for i in rows], "audio_sha256": [str(i) for i in rows],
+            "duration_s": [len(audios[i]) / SR for i in rows], "audio": [audios[i].tobytes() for i in rows],
+            "error": [None] * n, "text": [None] * n, "language": [None] * n,
             "language_prob": pa.array([None] * n, pa.float32()), "avg_logprob": pa.array([None] * n, pa.float32()),
             "no_speech_prob": pa.array([None] * n, pa.float32()),
         })
@@ -126,6 +129,9 @@ def bench_entail(transcripts, taxonomy, scorer_cfg, abstain_cfg, nli_model: str)
     import numpy as np
     import pyarrow as pa
 
+    from labeler.collector import Collector
+    from labeler.config import LabelConfig
+    from labeler.stages.base import StageContext
     from labeler.stages.entail import EntailStage
 
     threads = os.cpu_count() or 1
@@ -146,7 +152,8 @@ def bench_entail(transcripts, taxonomy, scorer_cfg, abstain_cfg, nli_model: str)
     del zsc
 
     cfg = scorer_cfg.model_copy(update={"backend": "nli", "model": nli_model, "device": "cpu", "torch_threads": threads})
-    stage = EntailStage(cfg, abstain_cfg, taxonomy)
+    collector = Collector(tempfile.mkdtemp(prefix="lanser-bench-"), "bench", "a", rows_per_file=1 << 30)  # counters only
+    stage = EntailStage(LabelConfig(scorer=cfg, abstain=abstain_cfg), StageContext(taxonomy=taxonomy, collector=collector))
 
     def table(rows):
         n = len(rows)
@@ -155,12 +162,13 @@ def bench_entail(transcripts, taxonomy, scorer_cfg, abstain_cfg, nli_model: str)
 
     stage(table(warm))  # warm-up (model load), excluded; its pairs are not in the measured set
     stage.memo.clear()
+    before = collector.stages["score"]["n_pairs_scored"]
     tables = [table(texts[i : i + cfg.batch_size]) for i in range(0, len(texts), cfg.batch_size)]
     t0 = time.perf_counter()
     outs = [stage(t) for t in tables]
     wall = time.perf_counter() - t0
     probs = np.array([s for o in outs for s in o.column("scores").to_pylist()], dtype=np.float32)
-    scored = sum(sum(o.column("n_pairs_scored").to_pylist()) for o in outs)
+    scored = collector.stages["score"]["n_pairs_scored"] - before
     lanser = {"wall_s": round(wall, 2), "pairs_per_s": round(n_pairs / wall, 2), "pairs_scored_by_model": int(scored),
               "pair_token_budget": cfg.pair_token_budget}
     return {

@@ -19,9 +19,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from labeler import schema as S
 from labeler.io import filesystem, join
 
-TRANSCRIPT_COLUMNS = ("audio_sha256", "duration_s", "text", "language", "language_prob", "avg_logprob", "no_speech_prob")
+#: What a cache hit gives a row: its audio identity and duration, and its transcript.
+TRANSCRIPT_COLUMNS = ("audio_sha256", "duration_s", *S.TRANSCRIPT_COLUMNS)
 
 
 def key64(*parts: str) -> int:
@@ -69,7 +71,7 @@ class TranscriptCache:
 
     @classmethod
     def empty(cls, asr_config_hash: str) -> "TranscriptCache":
-        return cls(np.zeros(0, np.uint64), pa.table({c: pa.array([], pa.string()) for c in TRANSCRIPT_COLUMNS}), asr_config_hash)
+        return cls(np.zeros(0, np.uint64), S.TRANSCRIPTS_FILE_SCHEMA.empty_table().select(list(TRANSCRIPT_COLUMNS)), asr_config_hash)
 
     @classmethod
     def load(cls, root: str, asr_config_hash: str) -> "TranscriptCache":

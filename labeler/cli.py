@@ -152,7 +152,7 @@ def _print_result(result, args) -> int:
 
 def cmd_cache(args) -> int:
     from labeler.cache import cache_summary, drop_cache_entries
-    from labeler.pipeline import latest_run
+    from labeler.runs import latest_run
 
     drop_asr, drop_scorer = list(args.drop_asr_config), list(args.drop_scorer)
     before = cache_summary(args.output)
@@ -240,21 +240,21 @@ def read_rows(manifest: dict[str, Any], limit: int, root: Optional[str] = None) 
     import pyarrow.dataset as pads
 
     from labeler.io import filesystem
-    from labeler.pipeline import unredacted_partition
+    from labeler.runs import read_run_rows
 
-    fs, path = filesystem(unredacted_partition(root, manifest) if root else manifest["tables"]["labels"])
+    columns = ["utt_id", "label", "confidence", "text", "abstain_reason", "error"]
     try:
-        table = pads.dataset(path, filesystem=fs, format="parquet").to_table(
-            columns=["utt_id", "label", "confidence", "text", "abstain_reason", "error"]
-        )
+        if root:
+            return read_run_rows(root, manifest, columns).slice(0, limit).to_pylist()
+        fs, path = filesystem(manifest["tables"]["labels"])
+        return pads.dataset(path, filesystem=fs, format="parquet").to_table(columns=columns).sort_by("utt_id").slice(0, limit).to_pylist()
     except (OSError, ValueError):
         return []
-    return table.sort_by("utt_id").slice(0, limit).to_pylist()
 
 
 def cmd_inspect(args) -> int:
     from labeler.errors import InputError
-    from labeler.table import manifest_run_ids, read_manifest
+    from labeler.runs import manifest_run_ids, read_manifest
 
     run = args.run
     if run is None:

@@ -72,3 +72,46 @@ def open_input_stream(uri: str) -> Iterator[IO[bytes]]:
 def join(root: str, *parts: str) -> str:
     root = root.rstrip("/")
     return "/".join([root, *[p.strip("/") for p in parts]])
+
+
+def write_parquet_atomic(directory: str, name: str, table, compression: str = "zstd") -> None:
+    """Write ``table`` as ``<directory>/<name>`` under a temporary name, then rename: a part
+    file is either complete or absent, and a retried writer overwrites its own file."""
+    import posixpath
+
+    import pyarrow.parquet as pq
+
+    fs, base = filesystem(directory)
+    fs.create_dir(base, recursive=True)
+    path = posixpath.join(base, name)
+    with fs.open_output_stream(path + ".tmp") as f:
+        pq.write_table(table, f, compression=None if compression == "none" else compression)
+    fs.move(path + ".tmp", path)
+
+
+def redact_uri_column(table):
+    """Tables store the URI without credentials: the stages read the real one, the
+    ``uri`` column gets ``s3://***@bucket/...`` (see :func:`redact`)."""
+    import pyarrow as pa
+
+    if "uri" not in table.column_names:
+        return table
+    uris = table.column("uri").to_pylist()
+    clean = [redact(u) for u in uris]
+    if clean == uris:
+        return table
+    return table.set_column(table.column_names.index("uri"), "uri", pa.array(clean, pa.string()))
+
+
+def write_json_atomic(uri: str, payload: dict) -> None:
+    """Write ``payload`` as JSON to ``uri`` under a temporary name, then rename."""
+    import json
+    import posixpath
+
+    fs, path = filesystem(uri)
+    fs.create_dir(posixpath.dirname(path), recursive=True)
+    data = json.dumps(payload, indent=2, sort_keys=False, default=str).encode("utf-8")
+    tmp = path + ".tmp"
+    with fs.open_output_stream(tmp) as f:
+        f.write(data)
+    fs.move(tmp, path)

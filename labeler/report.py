@@ -92,7 +92,7 @@ def build_report(manifest: dict[str, Any]) -> dict[str, Any]:
 def write_report(root: str, manifest: dict[str, Any]) -> dict[str, str]:
     """Write the run's report JSON and PNG beside its manifest; returns their paths."""
     from labeler.io import filesystem
-    from labeler.table import write_json_atomic
+    from labeler.io import write_json_atomic
 
     report = build_report(manifest)
     paths = report_paths(root, manifest["run_id"])

@@ -1,105 +1,221 @@
-"""Run identity, resumption and exclusion.
+"""The life of a run, label or relabel alike: claim, resume, execute, commit, find again.
 
-A run's *key* hashes everything that decides its output (input, taxonomy version and
-hypotheses, ASR and scorer settings, abstain rules). Re-running the same command after a
-crash finds the unfinished run with the same key under ``_staging/`` and resumes it:
-utterances already in its staged part files are skipped, the rest are processed, and the
-commit checks that together they hold every input row exactly once. So a killed run,
-re-run, converges to the table a clean run would give, with nothing lost or duplicated.
+:func:`run` carries out a :class:`RunPlan` (which rows go in, through which stages; see
+:mod:`labeler.pipeline` for the two plans):
 
-While a run is in progress its driver holds a lock on ``_staging/<run_id>/.lock``
-(``flock`` on local/POSIX filesystems, released by the OS if the process dies). A run
-whose lock is held is never resumed by another process; that process starts a run of its
-own, in its own staging folder, so two concurrent runs never interleave their output.
-On object stores a lease file with a heartbeat plays the lock's part.
+1. **Claim.** A run's *key* hashes everything that decides its output (input, taxonomy
+   version and hypotheses, ASR and scorer settings, abstain rules). The newest unfinished
+   run under ``_staging/`` with the same key whose lock is free is resumed; else a new,
+   time-sortable run id is locked (:mod:`labeler.lock`). Two concurrent runs never write
+   into one staging folder.
+2. **Resume.** Input rows already in the run's staged labels parts are skipped.
+3. **Execute.** The rows go through the plan's stages (:func:`labeler.stages.base.chain`)
+   into the labels sink (:mod:`labeler.sink`); stage counters and cache entries go to the
+   run's collector (:mod:`labeler.collector`).
+4. **Commit.** :func:`commit` checks that the staged parts of all attempts hold every input
+   row exactly once, moves the run's folders into their partitions (one rename on a local
+   or POSIX filesystem and HDFS) and writes ``runs/<run_id>.json``, the manifest, last.
+   On object stores, where a folder move is a copy, the manifest is the commit point:
+   readers that need all-or-nothing visibility join with committed runs (README).
+
+So a killed run, re-run with the same command, converges to the table a clean run gives,
+with nothing lost or duplicated.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import posixpath
-import socket
-import threading
+import secrets
 import time
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
 
-from labeler.io import filesystem, is_local, join, local_path
-from labeler.table import now_utc, read_manifest, staging_dir
+import pyarrow as pa
 
-LEASE_SECONDS = 300
-
-
-class RunLock:
-    """Exclusive ownership of one staged run for the life of this process."""
-
-    def __init__(self, root: str, run_id: str) -> None:
-        self.path = join(staging_dir(root, run_id), ".lock")
-        self._fd: Optional[int] = None
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-
-    def acquire(self) -> bool:
-        fs, path = filesystem(self.path)
-        fs.create_dir(posixpath.dirname(path), recursive=True)
-        if is_local(self.path):
-            import fcntl
-
-            fd = os.open(local_path(path), os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                return False
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
-            self._fd = fd
-            return True
-        # object stores: a lease renewed by a heartbeat thread
-        if _lease_alive(fs, path):
-            return False
-        _write_lease(fs, path)
-        self._thread = threading.Thread(target=self._heartbeat, args=(fs, path), daemon=True)
-        self._thread.start()
-        return True
-
-    def _heartbeat(self, fs, path) -> None:
-        while not self._stop.wait(LEASE_SECONDS / 5):
-            _write_lease(fs, path)
-
-    def release(self) -> None:
-        self._stop.set()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> "RunLock":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
+from labeler import schema as S
+from labeler.config import LabelConfig
+from labeler.errors import CommitError, InputError, LanserError, find_lanser_error
+from labeler.io import filesystem, join, redact, write_json_atomic
+from labeler.lock import RunLock
+from labeler.stages.base import Stage, StageContext
+from labeler.taxonomy import Taxonomy
 
 
-def _write_lease(fs, path) -> None:
-    with fs.open_output_stream(path) as f:
-        f.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "at": time.time()}).encode())
+@dataclass
+class RunResult:
+    run_id: str
+    manifest: dict[str, Any]
+    output: str
+
+    @property
+    def labels_path(self) -> str:
+        return self.manifest["tables"]["labels"]
 
 
-def _lease_alive(fs, path) -> bool:
-    import pyarrow.fs as pafs
+@dataclass
+class RunPlan:
+    """What one kind of run does; :func:`run` does the rest."""
 
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
-        return False
+    kind: str  # "label" or "relabel"
+    taxonomy: Taxonomy
+    key: str  # the run key: a re-run with the same key resumes an unfinished run
+    read_inputs: Callable[[], pa.Table]  # the input rows: one per output row, unique utt_id
+    stages: tuple[type[Stage], ...]  # in order
+    caches: tuple[str, ...] = ("transcripts", "scores")  # caches the stages look up
+    preset_cache_counts: Callable[[int], dict[str, int]] = lambda rows: {}  # counters known before any stage runs
+    manifest: dict[str, Any] = field(default_factory=dict)  # fields of this kind of run (source run, models)
+
+
+def run(cfg: LabelConfig, plan: RunPlan) -> RunResult:
+    """Carry out ``plan`` into ``cfg.output``: claimed, resumed, executed, committed."""
+    if cfg.run_id:
+        existing = read_manifest(cfg.output, cfg.run_id)
+        if existing and existing.get("status") == "committed":
+            return RunResult(cfg.run_id, existing, cfg.output)  # idempotent: already done
+    inputs = plan.read_inputs()
+    init_ray(cfg)
+    started = time.time()
+    run_id, lock = claim_run(cfg.output, plan.key, plan.kind, cfg.run_id)
     try:
-        with fs.open_input_stream(path) as f:
-            at = json.loads(f.read().decode()).get("at", 0)
-    except (OSError, ValueError):
-        return False
-    return time.time() - at < LEASE_SECONDS
+        todo, resumed_rows = remaining(inputs, cfg.output, run_id)
+        t0 = time.perf_counter()
+        rows, side, sizes = execute(cfg, plan, run_id, todo) if todo.num_rows else ({"rows": 0}, {}, {})
+        wall = time.perf_counter() - t0
+        manifest = build_manifest(cfg, plan, run_id, inputs.num_rows, resumed_rows, rows, side, sizes, wall, started)
+        manifest = commit(cfg.output, run_id, plan.taxonomy, cfg.scorer.key_hash(), inputs.num_rows, manifest)
+    finally:
+        lock.release()
+    write_report_or_warn(cfg.output, manifest)
+    return RunResult(run_id, manifest, cfg.output)
+
+
+def execute(cfg: LabelConfig, plan: RunPlan, run_id: str, todo: pa.Table) -> tuple[dict, dict, dict]:
+    """Stream ``todo`` through the plan's stages into the staging folder. Returns the sink's
+    row stats, the collector's (stage counters, cache files) and the cache sizes loaded."""
+    import ray
+
+    from labeler.collector import start_collector
+    from labeler.sink import LabelsSink
+    from labeler.stages.base import chain, require_stages
+
+    require_stages(plan.stages, todo.column_names)
+    ctx, sizes = load_caches(cfg, plan)
+    attempt = secrets.token_hex(3)
+    ctx.collector = start_collector(cfg.output, run_id, attempt, cfg.out.rows_per_file, cfg.out.compression)
+    try:
+        step = plan.stages[0].resources(cfg)["batch_size"]
+        ds = ray.data.from_arrow([todo.slice(i, step) for i in range(0, todo.num_rows, step)])
+        sink = LabelsSink(cfg.output, run_id, attempt, cfg.out.rows_per_file, cfg.out.compression)
+        try:
+            chain(ds, plan.stages, cfg, ctx).write_datasink(
+                sink, ray_remote_args={"num_cpus": cfg.out.write_num_cpus, "max_retries": cfg.retry.max_task_retries})
+        except Exception as exc:
+            cause = find_lanser_error(exc)
+            if cause is not None:
+                raise cause from None
+            raise
+        side = ray.get(ctx.collector.finish.remote())
+    finally:
+        ray.kill(ctx.collector)
+    return sink.stats or {"rows": 0}, side, sizes
+
+
+def load_caches(cfg: LabelConfig, plan: RunPlan) -> tuple[StageContext, dict[str, int]]:
+    """The caches the plan's stages look up, loaded once here and shared through Ray's object
+    store (each worker fetches them once). Returns the stage context and the cache sizes."""
+    import ray
+
+    from labeler.cache import ScoreCache, TranscriptCache
+
+    ctx, sizes = StageContext(taxonomy=plan.taxonomy), {}
+    if "transcripts" in plan.caches:
+        tc = TranscriptCache.load(cfg.output, cfg.asr.config_hash()) if cfg.cache.transcripts else TranscriptCache.empty("")
+        ctx.transcript_cache, sizes["transcripts"] = (ray.put(tc) if len(tc) else None), len(tc)
+    if "scores" in plan.caches:
+        sc = ScoreCache.load(cfg.output, cfg.scorer.key_hash(), plan.taxonomy.hypotheses) if cfg.cache.scores else None
+        ctx.score_cache, sizes["score_pairs"] = (ray.put(sc) if sc is not None and len(sc) else None), len(sc or ())
+    return ctx, sizes
+
+
+# ----------------------------------------------------------------------------- Ray
+
+
+FORWARDED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME")
+
+
+def init_ray(cfg: LabelConfig) -> None:
+    """Connect to ``ray.address`` / ``RAY_ADDRESS``, else start a local Ray. Sets Ray Data's
+    context once, here in the entry point."""
+    import ray
+
+    if not ray.is_initialized():
+        address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+        env = forwarded_runtime_env()
+        if address:
+            ray.init(address=address, runtime_env=env, log_to_driver=True)
+        else:
+            ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, runtime_env=env)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = cfg.ray.progress
+    ctx.print_on_execution_start = False
+
+
+def forwarded_runtime_env() -> Optional[dict[str, Any]]:
+    """The driver's model-hub settings, passed on to every worker on every node. Inside a
+    Ray Job (``ray job submit``) the variables its runtime env already sets are left out:
+    Ray refuses to start a driver whose ``ray.init`` names an env var the Job also names."""
+    keys = [k for k in FORWARDED_ENV if k in os.environ]
+    job = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if job:
+        taken = (json.loads(job).get("runtime_env") or {}).get("env_vars") or {}
+        keys = [k for k in keys if k not in taken]
+    return {"env_vars": {k: os.environ[k] for k in keys}} if keys else None
+
+
+# ----------------------------------------------------------------------------- claim and resume
+
+
+def new_run_id() -> str:
+    """Time-sortable and unique: ``20261124T231900Z-3f9a1c2e``."""
+    return now_utc().strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(4)
+
+
+def now_utc() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def claim_run(root: str, key: str, kind: str, requested: Optional[str] = None) -> tuple[str, RunLock]:
+    """Pick the run id for this command and lock it.
+
+    - ``requested`` given: that id (resumed if staged); fails if another process holds it.
+    - else: the newest unfinished run with the same key whose lock is free, or a new id.
+    """
+    if requested:
+        lock = RunLock(root, requested)
+        if not lock.acquire():
+            raise LanserError(f"run {requested} is in progress in another process (lock {lock.path}); wait for it or choose another --run-id")
+        if not any(r["run_id"] == requested for r in staged_runs(root)):
+            write_run_info(root, requested, key, kind)
+        return requested, lock
+    for info in reversed(staged_runs(root)):
+        if info.get("key") != key or read_manifest(root, info["run_id"]) is not None:
+            continue
+        lock = RunLock(root, info["run_id"])
+        if lock.acquire():
+            return info["run_id"], lock
+    run_id = new_run_id()
+    lock = RunLock(root, run_id)
+    if not lock.acquire():  # pragma: no cover - a fresh random id
+        raise LanserError(f"cannot lock new run {run_id}")
+    write_run_info(root, run_id, key, kind)
+    return run_id, lock
 
 
 def write_run_info(root: str, run_id: str, key: str, kind: str) -> None:
-    fs, path = filesystem(join(staging_dir(root, run_id), "run.json"))
+    fs, path = filesystem(join(S.staging_dir(root, run_id), "run.json"))
     info = {"run_id": run_id, "key": key, "kind": kind, "started_at": now_utc().isoformat()}
     with fs.open_output_stream(path) as f:
         f.write(json.dumps(info).encode())
@@ -122,31 +238,230 @@ def staged_runs(root: str) -> list[dict[str, Any]]:
     return sorted(out, key=lambda r: r.get("run_id", ""))
 
 
-def claim_run(root: str, key: str, kind: str, requested: Optional[str], new_id) -> tuple[str, RunLock, bool]:
-    """Pick the run id for this command and lock it: (run_id, lock, resumed).
+def staged_parts(root: str, run_id: str) -> tuple[Any, list[str]]:
+    """(filesystem, paths) of every complete labels part staged for ``run_id``, all
+    attempts; ``.tmp`` files are not parts."""
+    import pyarrow.fs as pafs
 
-    - ``requested`` given: that id (resumed if staged); fails if another process holds it.
-    - else: the newest unfinished run with the same key whose lock is free, or a new id.
-    """
-    from labeler.errors import LanserError
+    fs, stage = filesystem(S.staging_dir(root, run_id))
+    infos = fs.get_file_info(pafs.FileSelector(posixpath.join(stage, "labels"), allow_not_found=True))
+    return fs, sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
 
-    if requested:
-        lock = RunLock(root, requested)
-        if not lock.acquire():
-            raise LanserError(f"run {requested} is in progress in another process (lock {lock.path}); wait for it or choose another --run-id")
-        staged = any(r["run_id"] == requested for r in staged_runs(root))
-        if not staged:
-            write_run_info(root, requested, key, kind)
-        return requested, lock, staged
-    for info in reversed(staged_runs(root)):
-        if info.get("key") != key or read_manifest(root, info["run_id"]) is not None:
-            continue
-        lock = RunLock(root, info["run_id"])
-        if lock.acquire():
-            return info["run_id"], lock, True
-    run_id = new_id()
-    lock = RunLock(root, run_id)
-    if not lock.acquire():  # pragma: no cover - a fresh random id
-        raise LanserError(f"cannot lock new run {run_id}")
-    write_run_info(root, run_id, key, kind)
-    return run_id, lock, False
+
+def staged_utt_ids(root: str, run_id: str) -> pa.ChunkedArray:
+    import pyarrow.dataset as pads
+
+    fs, paths = staged_parts(root, run_id)
+    if not paths:
+        return pa.chunked_array([], pa.string())
+    return pads.dataset(paths, filesystem=fs, format="parquet", schema=S.LABELS_FILE_SCHEMA).to_table(columns=["utt_id"]).column("utt_id")
+
+
+def remaining(inputs: pa.Table, root: str, run_id: str) -> tuple[pa.Table, int]:
+    """Input rows not yet in the staged parts of ``run_id`` (a resumed run skips them)."""
+    import pyarrow.compute as pc
+
+    done = staged_utt_ids(root, run_id)
+    if len(done) == 0:
+        return inputs, 0
+    keep = pc.invert(pc.is_in(inputs.column("utt_id"), value_set=done.combine_chunks()))
+    return inputs.filter(keep), len(done)
+
+
+# ----------------------------------------------------------------------------- manifest and commit
+
+
+def build_manifest(cfg: LabelConfig, plan: RunPlan, run_id: str, input_rows: int, resumed_rows: int, rows: dict[str, Any],
+                   side: dict[str, Any], sizes: dict[str, int], wall: float, started: float) -> dict[str, Any]:
+    """The manifest of this attempt, before the commit adds the run's totals."""
+    stages = side.get("stages", {})
+    cache: dict[str, int] = dict(plan.preset_cache_counts(rows.get("rows", 0)))
+    for counters in stages.values():
+        for k in ("transcripts_from_cache", "transcribed", "n_pairs_cached", "n_pairs_memo", "n_pairs_scored"):
+            if k in counters:
+                cache[k] = cache.get(k, 0) + int(counters[k])
+    audio = rows.get("audio_seconds", 0.0)
+    manifest = {
+        "run_id": run_id,
+        "kind": plan.kind,
+        "started_at": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(),
+        "wall_seconds": round(wall, 3),
+        "input": redact(cfg.input) if cfg.input else None,
+        "output": redact(cfg.output),
+        "taxonomy": plan.taxonomy.to_dict(),
+        "models": {"asr": cfg.asr.model, "asr_config_hash": cfg.asr.config_hash(),
+                   "scorer": f"{cfg.scorer.backend}:{cfg.scorer.model}", "scorer_key": cfg.scorer.key_hash()},
+        "config": redact_config(cfg),
+        "counts": {"input_rows": input_rows, "resumed_rows": resumed_rows, "processed_rows": rows.get("rows", 0)},
+        "cache": dict(sorted(cache.items())),
+        "cache_sizes": sizes,
+        "audio_files_read": int(stages.get("decode", {}).get("audio_files_read", 0)),
+        "throughput_audio_s_per_s": round(audio / wall, 3) if wall > 0 and audio else None,
+        "stage_busy_seconds": {k: round(v.get("busy_seconds", 0.0), 3) for k, v in stages.items()},
+        "stage_counters": {k: {c: round(x, 3) if isinstance(x, float) else x for c, x in v.items()} for k, v in stages.items()},
+        "stage_facts": side.get("facts", {}),
+        "files": [{"table": t, "file": f, "rows": r} for t, f, r in rows.get("files", []) + side.get("files", [])],
+        "errors_sample": rows.get("errors_sample", []),
+    }
+    for k, v in plan.manifest.items():  # a relabel's source run and models
+        manifest[k] = {**manifest[k], **v} if isinstance(v, dict) and isinstance(manifest.get(k), dict) else v
+    return manifest
+
+
+def commit(root: str, run_id: str, taxonomy: Taxonomy, scorer_key: str, expected_rows: int, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Publish a staged run: check every row is there exactly once, move the partitions into
+    place, write the manifest last. The run's totals come from the row summaries in the
+    footers of its staged parts (every attempt's), not from reading the rows again."""
+    import pyarrow.compute as pc
+
+    from labeler.sink import merge_stats, read_part_summaries
+
+    fs, paths = staged_parts(root, run_id)
+    totals = merge_stats(read_part_summaries(fs, paths))
+    unique = pc.count_distinct(staged_utt_ids(root, run_id)).as_py() if paths else 0
+    if totals["rows"] != expected_rows or unique != totals["rows"]:
+        raise CommitError(
+            f"run {run_id}: {expected_rows} input rows but {totals['rows']} rows staged ({unique} distinct utt_id); "
+            f"nothing was published (staged files are under {redact(S.staging_dir(root, run_id))})"
+        )
+    _, stage = filesystem(S.staging_dir(root, run_id))
+    tables = {
+        "labels": S.labels_partition(root, taxonomy.name, taxonomy.version, run_id),
+        "transcripts": S.transcripts_partition(root, run_id),
+        "scores": S.scores_partition(root, scorer_key, run_id),
+    }
+    published = {}
+    for sub, dst in tables.items():
+        src = posixpath.join(stage, sub)
+        if _has_files(fs, src):
+            _move_dir(fs, src, filesystem(dst)[1])
+            published[sub] = redact(dst)
+    fs.delete_dir(stage)
+    manifest = dict(manifest)
+    manifest["counts"] = {
+        **manifest.get("counts", {}),
+        "output_rows": totals["rows"],
+        "status": totals["status"],
+        "labels": totals["labels"],
+        "abstain_reasons": totals["abstain_reasons"],
+        "error_stages": totals["error_stages"],
+    }
+    manifest["confidence_histogram"] = {"bins": [i / 10 for i in range(11)], "counts": totals["confidence_hist"]}
+    manifest["audio_seconds"] = round(totals["audio_seconds"], 3)
+    manifest.update(status="committed", committed_at=now_utc().isoformat(), tables=published)
+    write_json_atomic(S.manifest_path(root, run_id), manifest)
+    return manifest
+
+
+def _has_files(fs, path: str) -> bool:
+    import pyarrow.fs as pafs
+
+    return any(i.type == pafs.FileType.File for i in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)))
+
+
+def _move_dir(fs, src: str, dst: str) -> None:
+    import pyarrow.fs as pafs
+
+    if fs.get_file_info(dst).type != pafs.FileType.NotFound:
+        raise CommitError(f"cannot commit: {dst} already exists (a run with this id was committed before)")
+    fs.create_dir(posixpath.dirname(dst), recursive=True)
+    try:
+        fs.move(src, dst)  # one rename on local/POSIX filesystems and HDFS
+        return
+    except (OSError, NotImplementedError, pa.ArrowNotImplementedError):
+        pass
+    # Object stores: copy file by file; the run manifest written afterwards is the commit point.
+    for info in fs.get_file_info(pafs.FileSelector(src, recursive=True)):
+        if info.type == pafs.FileType.File:
+            rel = info.path[len(src.rstrip("/")) + 1:]
+            fs.copy_file(info.path, posixpath.join(dst, rel))
+    fs.delete_dir(src)
+
+
+def redact_config(cfg: LabelConfig) -> dict[str, Any]:
+    data = cfg.model_dump(mode="json")
+    data["input"] = redact(data["input"]) if data.get("input") else None
+    data["output"] = redact(data["output"]) if data.get("output") else None
+    if data.get("ray", {}).get("address"):
+        data["ray"]["address"] = redact(data["ray"]["address"])
+    return data
+
+
+def write_report_or_warn(root: str, manifest: dict[str, Any]) -> None:
+    """The run report (``reports/<run_id>.json`` and ``.png``) of a committed run. Best
+    effort on purpose: the run is already committed, so a report that cannot be written
+    (no matplotlib, a full disk) is a warning, never a failed run."""
+    import logging
+
+    from labeler.io import redact_text
+    from labeler.report import write_report
+
+    try:
+        write_report(root, manifest)
+    except Exception as exc:
+        logging.getLogger("labeler").warning(
+            "run %s is committed but its report could not be written: %s", manifest["run_id"],
+            redact_text(f"{type(exc).__name__}: {exc}"))
+
+
+# ----------------------------------------------------------------------------- committed runs
+
+
+def manifest_run_ids(root: str) -> list[str]:
+    """Ids of the runs with a manifest under ``<root>/runs/``, oldest first (ids sort by
+    time); ``.tmp`` files are not manifests."""
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(join(root, "runs"))
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return sorted(i.base_name[:-5] for i in infos if i.base_name.endswith(".json"))
+
+
+def read_manifest(root: str, run_id: str) -> Optional[dict[str, Any]]:
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(S.manifest_path(root, run_id))
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return None
+    with fs.open_input_stream(path) as f:
+        return json.loads(f.read().decode("utf-8"))
+
+
+def committed_runs(root: str, kinds: tuple[str, ...] = ("label", "relabel")) -> list[dict[str, Any]]:
+    """Manifests of the committed runs under ``root``, oldest first. A run is committed when
+    its manifest says ``status: committed`` (written last, after its partitions moved)."""
+    found = (read_manifest(root, name) for name in manifest_run_ids(root))
+    return [m for m in found if m and m.get("status") == "committed" and m.get("kind") in kinds]
+
+
+def latest_run(root: str, kinds: tuple[str, ...] = ("label", "relabel")) -> Optional[dict[str, Any]]:
+    """Manifest of the newest committed run under ``root`` (run ids sort by time)."""
+    for name in reversed(manifest_run_ids(root)):
+        m = read_manifest(root, name)
+        if m and m.get("status") == "committed" and m.get("kind") in kinds:
+            return m
+    return None
+
+
+def find_committed(root: str, run_id: Optional[str] = None) -> dict[str, Any]:
+    """The committed run ``run_id`` (default: the newest), or an :class:`InputError` that says
+    what is there."""
+    m = read_manifest(root, run_id) if run_id else latest_run(root)
+    if m is None or m.get("status") != "committed":
+        raise InputError(f"no committed run {'named ' + run_id + ' ' if run_id else ''}under {redact(root)}")
+    return m
+
+
+def labels_uri(root: str, manifest: dict[str, Any]) -> str:
+    """Where a committed run's labels partition is, found from ``root`` as given
+    (credentials included; the manifest's own table paths are redacted)."""
+    tax = manifest["taxonomy"]
+    return S.labels_partition(root, tax["name"], tax["version"], manifest["run_id"])
+
+
+def read_run_rows(root: str, manifest: dict[str, Any], columns: list[str]) -> pa.Table:
+    """The given columns of a committed run's labels partition, sorted by ``utt_id``."""
+    import pyarrow.dataset as pads
+
+    fs, path = filesystem(labels_uri(root, manifest))
+    return pads.dataset(path, filesystem=fs, format="parquet").to_table(columns=columns).sort_by("utt_id")

