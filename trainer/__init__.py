@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 __all__ = ["load_config", "pretrain", "finetune", "__version__"]
 
 
-def __getattr__(name):  # lazy, so `import trainer` stays fast
+def __getattr__(name: str):  # lazy, so `import trainer` stays fast
     if name == "load_config":
         from trainer.config import load_config
 

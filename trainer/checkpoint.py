@@ -1,15 +1,14 @@
 """The checkpoint directory format, and finding and loading checkpoints.
 
-A checkpoint is a directory (local, or under an ``s3://`` / ``gs://`` storage path that Ray
-Train persisted it to)::
+A checkpoint is a directory, local or under an ``s3://`` / ``gs://`` storage path::
 
     meta.json        format, epoch, global_step, taxonomy + label names, model and feature
                      settings, this epoch's metrics, the run's history and attempts so far
     model.pt         the model's state_dict (encoder.* and head.*)
     train_state.pt   optimizer, LR scheduler and grad-scaler state (for resuming)
 
-``meta.json`` carries everything needed to rebuild the model and featurize exactly as in
-training, so ``evaluate`` and ``finetune`` need nothing but the checkpoint.
+``meta.json`` holds all that ``evaluate`` and ``finetune`` need to rebuild the model and
+featurize as in training.
 """
 
 from __future__ import annotations
@@ -17,17 +16,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
+
+from trainer.errors import CheckpointError
+from trainer.reports import REPORT
+
+if TYPE_CHECKING:
+    from trainer.model import SERModel
 
 FORMAT = "lanser-ser/1"
 META = "meta.json"
 MODEL = "model.pt"
 TRAIN_STATE = "train_state.pt"
-REPORT = "report.json"
-
-
-class CheckpointError(ValueError):
-    """The path is not a lanser checkpoint (or a run directory that names one)."""
 
 
 def _is_local(ref: str) -> bool:
@@ -104,7 +104,7 @@ def load_states(directory: str, *, train_state: bool = False, device: str = "cpu
     return meta, model_state, ts
 
 
-def load_model(ref: str, device: str = "cpu"):
+def load_model(ref: str, device: str = "cpu") -> tuple[SERModel, dict]:
     """(SERModel in eval mode, meta) from any checkpoint reference."""
     from trainer.model import ModelSpec, SERModel
 

@@ -1,13 +1,10 @@
 """``lanser-train``: pretrain, finetune, evaluate and sweep, each driven by a YAML config.
 
     lanser-train pretrain --config trainer/configs/pretrain.yaml --set train.epochs=5
-    lanser-train finetune --config trainer/configs/finetune_ravdess.yaml --init-checkpoint runs/pretrain
-    lanser-train evaluate --config trainer/configs/evaluate.yaml --embeddings
-    lanser-train sweep    --config trainer/configs/sweep.yaml
 
-Connects to the Ray cluster in ``RAY_ADDRESS`` when set, else starts a local Ray. Exit
-status: 0 done, 2 invalid config or command line, 1 the job failed (one line on stderr
-says why; ``LANSER_DEBUG=1`` shows the traceback).
+Joins the Ray cluster in ``RAY_ADDRESS`` when set, else starts a local Ray. Exit status: 0 done, 2 invalid config or command line (any
+:class:`labeler.errors.ConfigError`), 1 the job failed (one line on stderr says why;
+``LANSER_DEBUG=1`` shows the traceback).
 """
 
 from __future__ import annotations
@@ -16,6 +13,12 @@ import argparse
 import os
 import re
 import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from trainer.config import EvaluateConfig, FinetuneConfig, PretrainConfig, SweepConfig
+
+    JobConfig = PretrainConfig | FinetuneConfig | EvaluateConfig | SweepConfig
 
 PROG = "lanser-train"
 
@@ -64,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def connect_ray(cfg) -> str:
+def connect_ray(cfg: JobConfig) -> str:
     """Join ``RAY_ADDRESS`` when set, else start a local Ray; set Ray Data's context once."""
     import ray
     import ray.data
@@ -79,7 +82,7 @@ def connect_ray(cfg) -> str:
     return address or "local"
 
 
-def _run(command: str, cfg) -> dict:
+def _run(command: str, cfg: JobConfig) -> dict[str, Any]:
     if command == "pretrain":
         from trainer.jobs import pretrain
 
@@ -97,7 +100,7 @@ def _run(command: str, cfg) -> dict:
     return sweep(cfg)
 
 
-def _summary(command: str, report: dict, output_dir: str) -> str:
+def _summary(command: str, report: dict[str, Any], output_dir: str) -> str:
     if command == "sweep":
         return f"sweep done: {len(report['results'])} fine-tunes; {os.path.join(output_dir, 'sweep.json')}, {report['plot']}"
     if command == "evaluate":
@@ -123,7 +126,8 @@ def _reason(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trainer.config import ConfigError, load_config, parse_set
+    from trainer.config import load_config, parse_set
+    from trainer.errors import ConfigError
 
     args = build_parser().parse_args(argv)
     try:

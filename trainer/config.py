@@ -1,9 +1,5 @@
-"""Typed, validated job configs for ``lanser-train`` (pydantic; every field described).
-
-A job config is a YAML file whose first line is the command that runs it; flags and
-``--set key.sub=value`` override it; :func:`load_config` validates the result and
-raises :class:`ConfigError` listing *every* problem at once, each naming the field, the
-value received and what is allowed.
+"""Typed, validated job configs for ``lanser-train`` (pydantic; every field described), and
+loading them from YAML plus ``--set`` overrides.
 
     >>> from trainer.config import build_config
     >>> cfg = build_config("pretrain", {"data": {"root": "out", "taxonomy": "ekman"}, "output_dir": "runs/pt"})
@@ -15,20 +11,17 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from trainer.errors import ConfigError, JobConfigError  # noqa: F401 - ConfigError: what load_config raises, for callers
+
+if TYPE_CHECKING:
+    from trainer.features import FeatureSpec
+    from trainer.model import ModelSpec
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=-]*$")
-
-
-class ConfigError(ValueError):
-    """An invalid job config; ``problems`` holds one line per problem."""
-
-    def __init__(self, problems: list[str], source: str = "config"):
-        self.problems = problems
-        self.source = source
-        super().__init__(f"invalid {source} ({len(problems)} problem{'s' * (len(problems) != 1)}): " + "; ".join(problems))
 
 
 class _Section(BaseModel):
@@ -58,7 +51,9 @@ class LabelsData(_TaxonomySection):
     root: str = Field(description="the labeler's output root (local path or URI), the directory holding labels/ and runs/")
     taxonomy: str = Field(description="taxonomy name (shipped: ekman, iemocap4, goemotions) or path of its YAML; sets the class head")
     taxonomy_version: str | None = Field(None, description="taxonomy_version partition to read; null = the taxonomy file's version")
-    run_id: str | None = Field(None, description="run_id partition to read; null = the latest committed run (runs/<run>.json), else the latest run")
+    run_id: str | None = Field(
+        None, description="committed labeler run to read (runs/<run_id>.json says status: committed); null = the newest committed run of this taxonomy version"
+    )
     min_confidence: float = Field(0.0, ge=0.0, le=1.0, description="drop labeled rows whose confidence (top score) is below this")
     val_fraction: float = Field(0.1, gt=0.0, le=0.5, description="share of utterances held out for validation (stable hash of utt_id)")
     audio_root: str | None = Field(None, description="directory that relative URIs in the table are relative to; null = the launch directory")
@@ -108,7 +103,7 @@ class FeatureConfig(_Section):
     max_seconds: float = Field(6.0, gt=0, le=60, description="clips are cropped (training: random window) or zero-padded to this length")
     normalize: Literal["utterance_mean", "none"] = Field("utterance_mean", description="subtract each mel band's mean over the clip")
 
-    def spec(self):
+    def spec(self) -> FeatureSpec:
         from trainer.features import FeatureSpec
 
         return FeatureSpec(**self.model_dump())
@@ -127,6 +122,12 @@ class ModelConfig(_Section):
         if any(b < 1 for b in v):
             raise ValueError("every stage needs at least 1 block")
         return v
+
+    def spec(self, n_mels: int) -> ModelSpec:
+        """The model's architecture for inputs of ``n_mels`` mel bands."""
+        from trainer.model import ModelSpec
+
+        return ModelSpec(n_mels=n_mels, **{**self.model_dump(), "blocks": tuple(self.blocks)})
 
 
 class OptimConfig(_Section):
@@ -293,50 +294,41 @@ def _format_error(err: dict) -> str:
     return f"{field}: {msg} (got {err['input']!r})"
 
 
-def build_config(command: str, data: dict[str, Any], source: str = "config"):
-    """Validate a parsed config for ``command``; raises :class:`ConfigError` with all problems."""
+def build_config(command: str, data: dict[str, Any], source: str = "config") -> _JobConfig:
+    """Validate a parsed config for ``command``; raises :class:`~trainer.errors.JobConfigError`
+    listing every problem."""
     if command not in CONFIGS:
-        raise ConfigError([f"unknown command {command!r} (allowed: {sorted(CONFIGS)})"], source)
+        raise JobConfigError([f"unknown command {command!r} (allowed: {sorted(CONFIGS)})"], source)
     if not isinstance(data, dict):
-        raise ConfigError([f"a config must be a mapping of fields, got {type(data).__name__}"], source)
+        raise JobConfigError([f"a config must be a mapping of fields, got {type(data).__name__}"], source)
     try:
         return CONFIGS[command].model_validate(data)
     except ValidationError as exc:
-        raise ConfigError([_format_error(e) for e in exc.errors()], source) from None
+        raise JobConfigError([_format_error(e) for e in exc.errors()], source) from None
 
 
-def apply_override(data: dict, key: str, value: Any) -> None:
-    """Set ``data[a][b][c] = value`` for ``key = "a.b.c"`` (the labeler's rule)."""
+def apply_override(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``data[a][b][c] = value`` for ``key = "a.b.c"`` (the labeler's rule; raises
+    :class:`ConfigError` when a part of the key is not a section)."""
     from labeler.config import set_dotted
-    from labeler.errors import ConfigError as LabelerConfigError
 
-    try:
-        set_dotted(data, key, value)
-    except LabelerConfigError as exc:
-        raise ConfigError([str(exc)], "command line") from None
+    set_dotted(data, key, value)
 
 
 def parse_set(item: str) -> tuple[str, Any]:
-    """``"train.epochs=3"`` -> ``("train.epochs", 3)``; the value is read as YAML."""
+    """``"train.epochs=3"`` -> ``("train.epochs", 3)``; the value is read as YAML (the
+    labeler's ``--set`` rule; raises :class:`ConfigError` for anything but ``key=value``)."""
     from labeler.config import parse_override
-    from labeler.errors import ConfigError as LabelerConfigError
 
-    try:
-        return parse_override(item)
-    except LabelerConfigError:
-        raise ConfigError([f"--set {item!r}: expected key=value, e.g. train.epochs=3"], "command line") from None
+    return parse_override(item)
 
 
-def load_config(command: str, path: str | None, overrides: list[tuple[str, Any]] = ()):
-    """Read a YAML config (optional), apply ``(key, value)`` overrides, validate."""
+def load_config(command: str, path: str | None, overrides: list[tuple[str, Any]] = ()) -> _JobConfig:
+    """Read a YAML config (optional), apply ``(key, value)`` overrides, validate. Every
+    failure is a :class:`ConfigError`."""
     from labeler.config import read_yaml_mapping
-    from labeler.errors import ConfigError as LabelerConfigError
 
-    source = path or "command line"
-    try:
-        data = read_yaml_mapping(path) if path else {}
-    except LabelerConfigError as exc:
-        raise ConfigError([str(exc).removeprefix(f"{path}: ")], source) from None
+    data = read_yaml_mapping(path) if path else {}
     for key, value in overrides:
         apply_override(data, key, value)
-    return build_config(command, data, source)
+    return build_config(command, data, path or "command line")

@@ -1,10 +1,8 @@
 """Evaluation and embedding export: batch inference with Ray Data.
 
-The rows of a split stream through decode + log-mel tasks into :class:`Predictor` actors
-(the model loaded once per actor, on a GPU when asked); only the small prediction columns
-come back to the driver, where UA, WA, macro-F1 and the confusion matrix are computed. With
-``embeddings`` the encoder's utterance embeddings are written straight from the actors'
-output as Parquet (``utt_id, embedding list<float32>, label, pred_label, ok``) for probing.
+A split's rows stream through decode + log-mel tasks into :class:`Predictor` actors (the
+model loaded once per actor); only the prediction columns come back to the driver, which
+computes the metrics. Embeddings are written from the actors' output as Parquet.
 
     >>> from trainer.config import load_config
     >>> from trainer.evaluate import evaluate
@@ -15,8 +13,16 @@ from __future__ import annotations
 
 import os
 import time
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from trainer.errors import JobError
+from trainer.reports import write_json
+
+if TYPE_CHECKING:
+    from trainer.config import EvaluateConfig
+    from trainer.ingest import PreparedData
 
 
 class Predictor:
@@ -62,7 +68,7 @@ class Predictor:
 
 def evaluate_rows(
     checkpoint: str,
-    prepared,
+    prepared: PreparedData,
     *,
     split: str,
     concurrency: int = 1,
@@ -72,7 +78,7 @@ def evaluate_rows(
     data_cpus: float = 1.0,
     data_batch_size: int = 16,
     embeddings_dir: str | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Metrics of ``checkpoint`` on ``prepared``'s ``split``; writes embeddings when asked.
 
     Metrics are computed when the checkpoint's labels are the data's labels; otherwise
@@ -83,8 +89,8 @@ def evaluate_rows(
     import ray.data
 
     from trainer.checkpoint import open_checkpoint, read_meta
-    from trainer.data import featurize
     from trainer.features import FeatureSpec
+    from trainer.ingest import featurize
     from trainer.metrics import confusion_matrix, summarize
 
     with open_checkpoint(checkpoint) as directory:
@@ -133,19 +139,16 @@ def evaluate_rows(
     return out
 
 
-def evaluate(cfg) -> dict:
+def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     """``lanser-train evaluate``: writes ``<output_dir>/evaluation.json`` (and embeddings)."""
     from trainer.checkpoint import resolve_checkpoint
-    from trainer.data import prepare_data
-    from trainer.jobs import write_json
+    from trainer.ingest import prepare_data
 
     started = time.time()
     checkpoint = resolve_checkpoint(cfg.checkpoint)
     prepared = prepare_data(cfg.data)
     embeddings_dir = os.path.join(os.path.abspath(cfg.output_dir), "embeddings") if cfg.embeddings else None
     if embeddings_dir and os.path.isdir(embeddings_dir) and os.listdir(embeddings_dir):
-        from trainer.jobs import JobError
-
         raise JobError(f"{embeddings_dir} already holds files; remove it or choose another output_dir")
     inf = cfg.inference
     result = evaluate_rows(

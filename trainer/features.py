@@ -1,9 +1,5 @@
-"""Log-mel features in numpy, and the Ray Data batch function that makes them from URIs.
-
-No torchaudio, librosa or torchcodec: the STFT is numpy's ``rfft`` over Hann-windowed
-frames and the mel filterbank is built here (HTK mel scale, triangular filters,
-Slaney area normalisation). Decoding goes through :func:`labeler.audio.load`, so
-training sees exactly the 16 kHz mono waveform the labeler saw.
+"""Log-mel features in numpy (no torchaudio or librosa), and the Ray Data batch function that
+decodes clips by URI and turns them into fixed-size training inputs.
 
     >>> import numpy as np
     >>> from trainer.features import FeatureSpec, log_mel
@@ -20,7 +16,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-SAMPLE_RATE = 16_000
+from labeler.audio import SAMPLE_RATE  # training sees the 16 kHz mono waveform the labeler saw
+from trainer.errors import DataError
+
 #: Added to mel energies before the log, so silence is finite.
 LOG_FLOOR = 1e-6
 
@@ -76,7 +74,9 @@ def mel_filterbank(n_mels: int, n_fft: int, fmin: float, fmax: float) -> np.ndar
 
 
 def log_mel(waveform: np.ndarray, spec: FeatureSpec) -> np.ndarray:
-    """``(n_mels, frames)`` float32 log-mel energies of a 16 kHz mono waveform.
+    """``(n_mels, frames)`` float32 log-mel energies of a 16 kHz mono waveform: numpy
+    ``rfft`` over periodic-Hann frames, HTK-mel triangular filters with Slaney area
+    normalisation, then the log.
 
     Frames are centred (the signal is reflect-padded by half a window), so a clip of
     ``n`` samples gives ``1 + n // hop`` frames.
@@ -159,7 +159,7 @@ def featurize_batch(
     for i in range(n):
         label = int(labels[i])
         if label >= num_classes:
-            raise ValueError(
+            raise DataError(
                 f"label_index {label} is out of range for a taxonomy with {num_classes} labels "
                 f"(row uri={uris[i]!r}): the table was labeled with a different taxonomy version"
             )
@@ -167,7 +167,7 @@ def featurize_batch(
         if row_scores is not None and len(row_scores) == num_classes:
             target[i] = np.asarray(row_scores, dtype=np.float32)
         elif row_scores is not None:
-            raise ValueError(
+            raise DataError(
                 f"scores has {len(row_scores)} values but the taxonomy has {num_classes} labels "
                 f"(row uri={uris[i]!r}): the table was labeled with a different taxonomy version"
             )

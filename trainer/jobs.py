@@ -1,17 +1,6 @@
-"""Driver side of ``pretrain`` and ``finetune``: data -> TorchTrainer -> report.
-
-Both commands run the same recipe (:mod:`trainer.recipe`) on Ray Train; they differ in
-where rows come from and how the model starts:
-
-* :func:`pretrain` reads the weak-labels table and trains from scratch;
-* :func:`finetune` reads a labeled corpus, starts from a pretrained encoder when
-  ``init_checkpoint`` is set (new class head sized for the corpus's taxonomy), and
-  evaluates the best checkpoint on the held-out speakers at the end.
-
-Checkpoints go to ``RunConfig(storage_path, name)``; running the same command again resumes
-the run from its latest checkpoint (Ray Train restores the run's checkpoint state and the
-recipe's ``ray.train.get_checkpoint()`` returns it). The best checkpoint by the validation
-metric is kept (``CheckpointConfig(checkpoint_score_attribute=...)``) and named in the report.
+"""Driver side of ``pretrain`` and ``finetune``: data -> ``TorchTrainer`` running the recipe
+-> report. Checkpoints go to ``RunConfig(storage_path, name)``, so running the same command
+again resumes the run from its latest checkpoint.
 
     >>> from trainer.config import load_config
     >>> from trainer.jobs import pretrain
@@ -20,23 +9,19 @@ metric is kept (``CheckpointConfig(checkpoint_score_attribute=...)``) and named 
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
 
+from trainer.errors import JobError
+from trainer.reports import REPORT, write_json
 
-class JobError(RuntimeError):
-    """A fatal problem the user can fix; the message says how."""
-
-
-def write_json(path: str, data: dict) -> None:
-    """Write JSON atomically (a reader never sees half a report)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, default=str)
-    os.replace(tmp, path)
+if TYPE_CHECKING:
+    from trainer.config import FinetuneConfig, PretrainConfig
+    from trainer.features import FeatureSpec
+    from trainer.ingest import PreparedData
+    from trainer.model import ModelSpec
 
 
 def class_weights(counts: list[int]) -> list[float]:
@@ -55,15 +40,22 @@ def _run_exists(storage: str, name: str) -> bool:
     return fs.get_file_info(join(base, name, "checkpoint_manager_snapshot.json")).type == pafs.FileType.File
 
 
-def fit(cfg, *, job: str, prepared, model: dict, features: dict, init_checkpoint: str | None = None) -> dict:
+def fit(
+    cfg: PretrainConfig | FinetuneConfig,
+    *,
+    job: str,
+    prepared: PreparedData,
+    model: ModelSpec,
+    features: FeatureSpec,
+    init_checkpoint: str | None = None,
+) -> dict[str, Any]:
     """Run the recipe on Ray Train; returns the latest checkpoint's meta and both checkpoints."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from trainer.checkpoint import read_meta
-    from trainer.data import featurize
-    from trainer.features import FeatureSpec
-    from trainer.recipe import train_loop_per_worker
+    from trainer.ingest import featurize
+    from trainer.recipe import RecipeConfig, train_loop_per_worker
 
     storage = cfg.storage()
     if not cfg.resume and _run_exists(storage, cfg.name):
@@ -71,36 +63,34 @@ def fit(cfg, *, job: str, prepared, model: dict, features: dict, init_checkpoint
     for split in ("train", "val"):
         if prepared.split_size(split) == 0:
             raise JobError(f"the {split} split of {prepared.kind} data is empty ({prepared.summary.get('splits')}); adjust the split settings")
-    spec = FeatureSpec(**features)
     num_classes = len(prepared.label_names)
     scaling = cfg.scaling
 
     def stream(split: str):
         ds = featurize(
-            prepared.rows(split), spec=spec, num_classes=num_classes, train=split == "train",
+            prepared.rows(split), spec=features, num_classes=num_classes, train=split == "train",
             data_cpus=scaling.data_cpus, batch_size=scaling.data_batch_size, base_dir=prepared.base_dir,
         )
         # Cached: decoded once into the object store (spread over the cluster), reused every epoch.
         return ds.materialize() if prepared.cache_features else ds
 
-    loop_config = {
-        "job": job,
-        "taxonomy": {"name": prepared.taxonomy.name, "version": prepared.taxonomy.version},
-        "label_names": prepared.label_names,
-        "model": model,
-        "features": features,
-        "optim": cfg.optim.model_dump(),
-        "train": cfg.train.model_dump(),
-        "cpus_per_worker": scaling.cpus_per_worker,
-        "checkpoint_metric": cfg.checkpoint.metric,
-        "checkpoint_mode": cfg.checkpoint.mode,
-        "class_weights": class_weights(prepared.class_counts("train")) if cfg.train.class_weighting == "balanced" else None,
-        "init_checkpoint": init_checkpoint,
-        "freeze_encoder": bool(getattr(cfg, "freeze_encoder", False)),
-    }
+    recipe = RecipeConfig(
+        job=job,
+        taxonomy={"name": prepared.taxonomy.name, "version": prepared.taxonomy.version},
+        label_names=prepared.label_names,
+        model=model,
+        features=features,
+        train=cfg.train,
+        optim=cfg.optim,
+        checkpoint=cfg.checkpoint,
+        cpus_per_worker=scaling.cpus_per_worker,
+        class_weights=class_weights(prepared.class_counts("train")) if cfg.train.class_weighting == "balanced" else None,
+        init_checkpoint=init_checkpoint,
+        freeze_encoder=bool(getattr(cfg, "freeze_encoder", False)),  # finetune only
+    )
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config,
+        train_loop_config={"recipe": recipe},
         scaling_config=ray.train.ScalingConfig(
             num_workers=scaling.num_workers,
             use_gpu=scaling.use_gpu,
@@ -141,7 +131,7 @@ def _checkpoint_uri(path: str, storage: str) -> str:
     return f"{scheme}://{path.lstrip('/')}" if sep and "://" not in path else path
 
 
-def _report(cfg, job: str, prepared, outcome: dict, started: float, **extra) -> dict:
+def _report(cfg: PretrainConfig | FinetuneConfig, job: str, prepared: PreparedData, outcome: dict, started: float, **extra) -> dict:
     meta = outcome["meta"]
     history = meta["history"]
     return {
@@ -170,41 +160,42 @@ def _report(cfg, job: str, prepared, outcome: dict, started: float, **extra) -> 
     }
 
 
-def pretrain(cfg) -> dict:
+def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     """``lanser-train pretrain``: weak labels -> SER model. Returns (and writes) the report."""
-    from trainer.data import prepare_data
-    from trainer.model import ModelSpec, SERModel, count_parameters
+    from trainer.ingest import prepare_data
+    from trainer.model import SERModel, count_parameters
 
     started = time.time()
     prepared = prepare_data(cfg.data)
-    features = cfg.features.model_dump()
-    model = {**cfg.model.model_dump(), "n_mels": cfg.features.n_mels}
-    outcome = fit(cfg, job="pretrain", prepared=prepared, model=model, features=features)
-    params = count_parameters(SERModel(ModelSpec.from_dict(model), len(prepared.label_names)))
+    model = cfg.model.spec(cfg.features.n_mels)
+    outcome = fit(cfg, job="pretrain", prepared=prepared, model=model, features=cfg.features.spec())
+    params = count_parameters(SERModel(model, len(prepared.label_names)))
     report = _report(cfg, "pretrain", prepared, outcome, started, parameters=params)
-    write_json(os.path.join(cfg.output_dir, "report.json"), report)
+    write_json(os.path.join(cfg.output_dir, REPORT), report)
     return report
 
 
-def finetune(cfg, prepared=None) -> dict:
+def finetune(cfg: FinetuneConfig, prepared: PreparedData | None = None) -> dict[str, Any]:
     """``lanser-train finetune``: a labeled corpus (optionally from a pretrained encoder) ->
     SER model, evaluated on the held-out test speakers. ``prepared`` lets the sweep reuse
     one resolved corpus."""
     from trainer.checkpoint import open_checkpoint, read_meta, resolve_checkpoint
-    from trainer.data import prepare_data
     from trainer.evaluate import evaluate_rows
+    from trainer.features import FeatureSpec
+    from trainer.ingest import prepare_data
+    from trainer.model import ModelSpec
 
     started = time.time()
     prepared = prepared or prepare_data(cfg.data)
     prepared = prepared.with_train_fraction(cfg.train_fraction, seed=getattr(cfg.data, "seed", 0))
     init = None
-    features = cfg.features.model_dump()
-    model = {**cfg.model.model_dump(), "n_mels": cfg.features.n_mels}
+    features, model = cfg.features.spec(), cfg.model.spec(cfg.features.n_mels)
     if cfg.init_checkpoint:
         init = resolve_checkpoint(cfg.init_checkpoint)
         with open_checkpoint(init) as directory:
             init_meta = read_meta(directory)
-        features, model = init_meta["features"], init_meta["model"]  # the encoder defines both
+        # the pretrained encoder defines both
+        features, model = FeatureSpec(**init_meta["features"]), ModelSpec.from_dict(init_meta["model"])
     outcome = fit(cfg, job="finetune", prepared=prepared, model=model, features=features, init_checkpoint=init)
     test = None
     if prepared.split_size("test"):
@@ -220,5 +211,5 @@ def finetune(cfg, prepared=None) -> dict:
             data_batch_size=cfg.scaling.data_batch_size,
         )
     report = _report(cfg, "finetune", prepared, outcome, started, init_checkpoint=init, test=test)
-    write_json(os.path.join(cfg.output_dir, "report.json"), report)
+    write_json(os.path.join(cfg.output_dir, REPORT), report)
     return report

@@ -1,14 +1,6 @@
-"""The training recipe that runs inside every Ray Train worker.
-
-One readable class in torchtune's style: :meth:`SERTrainRecipe.setup` builds the model,
-optimizer and data iterators and restores the latest checkpoint if Ray Train has one;
-:meth:`~SERTrainRecipe.train` runs the epochs; :meth:`~SERTrainRecipe.save_checkpoint`
-reports metrics and a checkpoint to Ray Train every epoch; :meth:`~SERTrainRecipe.cleanup`
-releases what setup took. :func:`train_loop_per_worker` is the thin function handed to
-``TorchTrainer``.
-
-The loop config is a plain dict built by :mod:`trainer.jobs` (model, features, optim,
-train settings, label names, optional init checkpoint).
+"""The training recipe that runs inside every Ray Train worker: :class:`SERTrainRecipe`
+(setup / train / save_checkpoint / cleanup) and :func:`train_loop_per_worker`, the thin
+function handed to ``TorchTrainer``, which receives a :class:`RecipeConfig`.
 """
 
 from __future__ import annotations
@@ -19,9 +11,35 @@ import math
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from trainer.config import CheckpointConfig, OptimConfig, TrainConfig
+    from trainer.features import FeatureSpec
+    from trainer.model import ModelSpec
 
 logger = logging.getLogger("lanser.trainer")
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    """Everything one training run needs on every worker (built by :func:`trainer.jobs.fit`;
+    the sections are the job config's own validated objects, pickled to the workers)."""
+
+    job: str  # "pretrain" or "finetune"
+    taxonomy: dict  # {"name", "version"} of the class head's taxonomy
+    label_names: list[str]
+    model: ModelSpec
+    features: FeatureSpec
+    train: TrainConfig
+    optim: OptimConfig
+    checkpoint: CheckpointConfig
+    cpus_per_worker: float = 1.0
+    class_weights: list[float] | None = None  # per class, for train.class_weighting: balanced
+    init_checkpoint: str | None = None  # a pretrained checkpoint whose encoder starts the model
+    freeze_encoder: bool = False
 
 
 def lr_factor(epoch: int, epochs: int, warmup: int) -> float:
@@ -40,9 +58,14 @@ def soft_targets(scores, temperature: float):
 
 
 class SERTrainRecipe:
-    def __init__(self, cfg: dict):
+    """One training run on one worker, in torchtune's shape: :meth:`setup` builds the model,
+    optimizer and data iterators and restores Ray Train's latest checkpoint if there is one;
+    :meth:`train` runs the epochs; :meth:`save_checkpoint` reports every epoch's metrics (and,
+    on rank 0, a checkpoint); :meth:`cleanup` releases what setup took."""
+
+    def __init__(self, cfg: RecipeConfig):
         self.cfg = cfg
-        self.tcfg = cfg["train"]
+        self.tcfg = cfg.train
 
     # ------------------------------------------------------------------ setup
 
@@ -52,38 +75,38 @@ class SERTrainRecipe:
         import torch
 
         from trainer.checkpoint import load_states, open_checkpoint
-        from trainer.model import ModelSpec, SERModel
+        from trainer.model import SERModel
 
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
         if self.device.type == "cpu":
-            torch.set_num_threads(max(1, int(self.cfg["cpus_per_worker"])))
-        torch.manual_seed(self.tcfg["seed"])
+            torch.set_num_threads(max(1, int(self.cfg.cpus_per_worker)))
+        torch.manual_seed(self.tcfg.seed)
 
-        self.label_names = self.cfg["label_names"]
+        self.label_names = self.cfg.label_names
         num_classes = len(self.label_names)
-        model = SERModel(ModelSpec.from_dict(self.cfg["model"]), num_classes)
-        init = self.cfg.get("init_checkpoint")
+        model = SERModel(self.cfg.model, num_classes)
+        init = self.cfg.init_checkpoint
         if init:
             with open_checkpoint(init) as directory:
                 _, state, _ = load_states(directory)
             encoder_state = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
             model.encoder.load_state_dict(encoder_state)  # strict: a size mismatch is an error, not a silent partial load
-        self.freeze_encoder = bool(self.cfg.get("freeze_encoder"))
+        self.freeze_encoder = self.cfg.freeze_encoder
         if self.freeze_encoder:
             model.encoder.requires_grad_(False)
         model.to(self.device)
 
         params = [p for p in model.parameters() if p.requires_grad]
-        ocfg = self.cfg["optim"]
-        self.optimizer = torch.optim.AdamW(params, lr=ocfg["lr"], weight_decay=ocfg["weight_decay"])
-        epochs, warmup = self.tcfg["epochs"], ocfg["warmup_epochs"]
+        ocfg = self.cfg.optim
+        self.optimizer = torch.optim.AdamW(params, lr=ocfg.lr, weight_decay=ocfg.weight_decay)
+        epochs, warmup = self.tcfg.epochs, ocfg.warmup_epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: lr_factor(e, epochs, warmup))
 
         self.amp_dtype = self._amp_dtype(torch)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        weights = self.cfg.get("class_weights")
+        weights = self.cfg.class_weights
         self.class_weights = torch.tensor(weights, dtype=torch.float32, device=self.device) if weights else None
 
         self.state = {"epoch": -1, "global_step": 0, "history": [], "attempts": [], "best": None}
@@ -114,7 +137,7 @@ class SERTrainRecipe:
 
     def _amp_dtype(self, torch):
         """Mixed precision only on CUDA: bf16 where supported, else fp16 (with a grad scaler)."""
-        precision = self.tcfg["precision"]
+        precision = self.tcfg.precision
         if self.device.type != "cuda" or precision == "fp32":
             return None
         if precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()):
@@ -131,7 +154,7 @@ class SERTrainRecipe:
     # ------------------------------------------------------------------ train
 
     def train(self) -> None:
-        epochs = self.tcfg["epochs"]
+        epochs = self.tcfg.epochs
         for epoch in range(self.start_epoch, epochs):
             t0 = time.time()
             train_stats = self._run_epoch(self.train_shard, train=True)
@@ -162,14 +185,14 @@ class SERTrainRecipe:
                 # The one-line progress log. Logged, not printed: Ray Train tees print() to
                 # stdout and its logger, which shows every line twice on the driver.
                 logger.info(
-                    f"[{self.cfg['job']}] epoch {epoch + 1}/{epochs} step {metrics['global_step']} "
+                    f"[{self.cfg.job}] epoch {epoch + 1}/{epochs} step {metrics['global_step']} "
                     f"train_loss {metrics['train_loss']:.4f} val_loss {metrics['val_loss']:.4f} "
                     f"val_ua {metrics['val_ua']:.3f} val_wa {metrics['val_wa']:.3f} val_f1 {metrics['val_macro_f1']:.3f} "
                     f"({metrics['train_rows']} rows, {seconds:.1f}s)"
                 )
 
     def _update_best(self, epoch: int, metrics: dict) -> None:
-        name, mode = self.cfg["checkpoint_metric"], self.cfg["checkpoint_mode"]
+        name, mode = self.cfg.checkpoint.metric, self.cfg.checkpoint.mode
         value, best = metrics[name], self.state["best"]
         if best is None or (value > best["value"] if mode == "max" else value < best["value"]):
             self.state["best"] = {"epoch": epoch, "metric": name, "value": value}
@@ -185,11 +208,11 @@ class SERTrainRecipe:
         if self.class_weights is not None:
             weight = weight * self.class_weights[label]
         logits = logits.float()
-        if self.tcfg["label_mode"] == "soft":
-            target = soft_targets(batch["target"], self.tcfg["soft_temperature"])
+        if self.tcfg.label_mode == "soft":
+            target = soft_targets(batch["target"], self.tcfg.soft_temperature)
             per_row = -(target * F.log_softmax(logits, dim=-1)).sum(dim=-1)
         else:
-            per_row = F.cross_entropy(logits, label, reduction="none", label_smoothing=self.tcfg["label_smoothing"])
+            per_row = F.cross_entropy(logits, label, reduction="none", label_smoothing=self.tcfg.label_smoothing)
         return (per_row * weight).sum() / weight.sum().clamp_min(1e-8), per_row, weight
 
     def _run_epoch(self, shard, train: bool) -> dict:
@@ -206,9 +229,9 @@ class SERTrainRecipe:
         counts = torch.zeros(3, dtype=torch.float64, device=self.device)  # rows, correct, skipped
         cm = torch.zeros(num_classes * num_classes, dtype=torch.float64, device=self.device)
         batches = shard.iter_torch_batches(
-            batch_size=self.tcfg["batch_size"],
+            batch_size=self.tcfg.batch_size,
             device=self.device,
-            local_shuffle_buffer_size=(self.tcfg["shuffle_buffer"] or None) if train else None,
+            local_shuffle_buffer_size=(self.tcfg.shuffle_buffer or None) if train else None,
         )
         grad = contextlib.nullcontext() if train else torch.no_grad()
         with grad:
@@ -219,9 +242,9 @@ class SERTrainRecipe:
                 if train:
                     self.optimizer.zero_grad(set_to_none=True)
                     self.scaler.scale(loss).backward()
-                    if self.cfg["optim"]["grad_clip"]:
+                    if self.cfg.optim.grad_clip:
                         self.scaler.unscale_(self.optimizer)
-                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["optim"]["grad_clip"])
+                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
                     self.scaler.step(self.optimizer)
                     self.scaler.update()
                     self.state["global_step"] += 1
@@ -273,11 +296,11 @@ class SERTrainRecipe:
                 },
                 meta={
                     **self.state,
-                    "job": self.cfg["job"],
-                    "taxonomy": self.cfg["taxonomy"],
+                    "job": self.cfg.job,
+                    "taxonomy": self.cfg.taxonomy,
                     "label_names": self.label_names,
-                    "model": self.cfg["model"],
-                    "features": self.cfg["features"],
+                    "model": self.cfg.model.to_dict(),
+                    "features": self.cfg.features.to_dict(),
                     "metrics": metrics,
                     "val_confusion_matrix": confusion_matrix,
                     "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -297,10 +320,11 @@ class SERTrainRecipe:
         gc.collect()
 
 
-def train_loop_per_worker(config: dict) -> None:
-    """The function TorchTrainer runs on every worker."""
+def train_loop_per_worker(config: dict[str, RecipeConfig]) -> None:
+    """The function TorchTrainer runs on every worker; ``config["recipe"]`` is the run's
+    :class:`RecipeConfig` (``train_loop_config`` must be a dict)."""
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    recipe = SERTrainRecipe(config)
+    recipe = SERTrainRecipe(config["recipe"])
     recipe.setup()
     try:
         recipe.train()

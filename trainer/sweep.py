@@ -1,19 +1,18 @@
-"""Label-efficiency sweep: weak-label-pretrained vs from-scratch, at shares of the labels.
-
-For every fraction of the labeled training split (class-stratified, nested: the 5% rows
-are among the 10% rows) two fine-tunes run with identical model, features and schedule:
-one starting from the pretrained encoder, one from random weights. Each is scored on the
-same held-out test speakers. Results go to ``<output_dir>/sweep.json`` and
-``<output_dir>/sweep.png``; each fine-tune keeps its own report under
-``<output_dir>/<arm>/`` and is skipped when rerun after it completed (a killed sweep
-resumes where it stopped).
+"""Label-efficiency sweep: weak-label-pretrained vs from-scratch fine-tunes at shares of the
+labeled training split, scored on the same held-out speakers; ``sweep.json`` and
+``sweep.png``. A rerun skips the fine-tunes that already completed.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
+from typing import TYPE_CHECKING, Any
+
+from trainer.reports import completed_report, write_json
+
+if TYPE_CHECKING:
+    from trainer.config import SweepConfig
 
 ARMS = ("pretrained", "scratch")
 
@@ -22,11 +21,15 @@ def _arm_name(prefix: str, fraction: float, arm: str) -> str:
     return f"{prefix}_{fraction * 100:g}pct_{arm}".replace(".", "p")
 
 
-def sweep(cfg) -> dict:
+def sweep(cfg: SweepConfig) -> dict[str, Any]:
+    """For every fraction of the labeled training split (class-stratified and nested: the 5%
+    rows are among the 10% rows), fine-tune once from the pretrained encoder and once from
+    random weights with identical model, features and schedule. Each fine-tune keeps its own
+    report under ``<output_dir>/<arm>/``."""
     from trainer.checkpoint import open_checkpoint, read_meta, resolve_checkpoint
     from trainer.config import FinetuneConfig, ModelConfig
-    from trainer.data import prepare_data
-    from trainer.jobs import finetune, write_json
+    from trainer.ingest import prepare_data
+    from trainer.jobs import finetune
 
     started = time.time()
     init = resolve_checkpoint(cfg.init_checkpoint)
@@ -51,7 +54,7 @@ def sweep(cfg) -> dict:
                 "freeze_encoder": cfg.freeze_encoder if arm == "pretrained" else False,
                 "train_fraction": fraction,
             })
-            report = _completed_report(arm_dir) or finetune(arm_cfg, prepared=prepared)
+            report = completed_report(arm_dir) or finetune(arm_cfg, prepared=prepared)
             test = (report.get("test") or {}).get("metrics") or {}
             rows.append({
                 "fraction": fraction,
@@ -81,15 +84,6 @@ def sweep(cfg) -> dict:
     plot_sweep(rows, result["plot"], title=f"Label efficiency on {prepared.kind} ({prepared.taxonomy.name})", chance=1 / max(1, present))
     write_json(os.path.join(out_dir, "sweep.json"), result)
     return result
-
-
-def _completed_report(arm_dir: str) -> dict | None:
-    path = os.path.join(arm_dir, "report.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        report = json.load(f)
-    return report if report.get("status") == "completed" else None
 
 
 def plot_sweep(rows: list[dict], path: str, title: str, chance: float | None = None) -> None:

@@ -39,8 +39,8 @@ def test_pretraining_learns_audible_classes_from_weak_labels(pretrained_run, wea
 
 def test_best_checkpoint_is_kept_and_reproduces_its_validation_score(pretrained_run, ray_local):
     from trainer.checkpoint import load_model
-    from trainer.data import prepare_data
     from trainer.evaluate import evaluate_rows
+    from trainer.ingest import prepare_data
 
     cfg, report = pretrained_run
     kept = sorted(glob.glob(os.path.join(report["run_path"], "checkpoint_epoch_*")))

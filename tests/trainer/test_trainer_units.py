@@ -116,9 +116,15 @@ def test_pooling_ignores_padding_frames():
 def _loss_recipe(mode: str, temperature: float = 1.0, class_weights=None):
     import torch
 
-    from trainer.recipe import SERTrainRecipe
+    from trainer.config import CheckpointConfig, OptimConfig, TrainConfig
+    from trainer.model import ModelSpec
+    from trainer.recipe import RecipeConfig, SERTrainRecipe
 
-    recipe = SERTrainRecipe({"train": {"label_mode": mode, "soft_temperature": temperature, "label_smoothing": 0.0}})
+    recipe = SERTrainRecipe(RecipeConfig(
+        job="test", taxonomy={"name": "t", "version": "1"}, label_names=["a", "b", "c", "d"],
+        model=ModelSpec(), features=FeatureSpec(), optim=OptimConfig(), checkpoint=CheckpointConfig(),
+        train=TrainConfig(label_mode=mode, soft_temperature=temperature, label_smoothing=0.0),
+    ))
     recipe.class_weights = None if class_weights is None else torch.tensor(class_weights)
     return recipe
 
@@ -178,7 +184,8 @@ def test_balanced_class_weights_equalize_class_mass():
 
 
 def test_config_overrides_and_all_errors_at_once():
-    from trainer.config import ConfigError, build_config, parse_set, apply_override
+    from trainer.config import apply_override, build_config, parse_set
+    from trainer.errors import ConfigError
 
     data = {"data": {"root": "x", "taxonomy": "ekman"}, "output_dir": "o"}
     for item in ["train.epochs=3", "scaling.use_gpu=true", "model.blocks=[1, 2]", "train.label_mode=soft"]:
@@ -195,7 +202,8 @@ def test_config_overrides_and_all_errors_at_once():
 
 
 def test_finetune_data_kinds_are_validated():
-    from trainer.config import ConfigError, build_config
+    from trainer.config import build_config
+    from trainer.errors import ConfigError
 
     cfg = build_config("finetune", {"data": {"kind": "iemocap", "path": "p", "test_groups": ["Session5"]}, "output_dir": "o"})
     assert cfg.data.taxonomy == "iemocap4" and cfg.data.test_groups == ["Session5"]
@@ -207,8 +215,8 @@ def test_finetune_data_kinds_are_validated():
 
 def test_importing_trainer_is_light():
     code = (
-        "import sys, trainer, trainer.cli, trainer.config, trainer.jobs, trainer.data, trainer.datasets, "
-        "trainer.evaluate, trainer.sweep, trainer.recipe, trainer.checkpoint, trainer.features, trainer.metrics\n"
+        "import sys, trainer, trainer.cli, trainer.config, trainer.errors, trainer.jobs, trainer.ingest, trainer.corpora, "
+        "trainer.evaluate, trainer.sweep, trainer.recipe, trainer.reports, trainer.checkpoint, trainer.features, trainer.metrics\n"
         "heavy = [m for m in ('torch', 'ray', 'matplotlib') if m in sys.modules]\n"
         "assert not heavy, heavy"
     )
@@ -217,7 +225,8 @@ def test_importing_trainer_is_light():
 
 def test_resume_false_refuses_to_reuse_a_run_name(tmp_path):
     from trainer.config import build_config
-    from trainer.jobs import JobError, fit
+    from trainer.errors import JobError
+    from trainer.jobs import fit
 
     cfg = build_config("pretrain", {"data": {"root": "x", "taxonomy": "ekman"}, "output_dir": str(tmp_path), "resume": False, "name": "taken"})
     run = tmp_path / "checkpoints" / "taken"

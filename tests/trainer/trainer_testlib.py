@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from datetime import datetime, timezone
 
 import numpy as np
@@ -63,13 +64,20 @@ def write_wav(path: str, audio: np.ndarray) -> str:
 # --------------------------------------------------------------------------- weak labels table
 
 
-def write_labels_table(root: str, rows: list[dict], taxonomy: str, version: str, run_id: str, parts: int = 2, commit: bool = True) -> str:
+def write_labels_table(
+    root: str, rows: list[dict], taxonomy: str, version: str, run_id: str, parts: int = 2, commit: bool = True, kind: str = "label"
+) -> str:
     """Write rows (utt_id, uri, status, label, label_index, confidence, scores, error...) as
-    the labeler's Hive-partitioned labels table, through labeler.schema.conform."""
+    one run of the labeler's Hive-partitioned labels table, through labeler.schema.conform,
+    at labeler.schema.labels_partition. With ``commit`` the run's manifest follows, as the
+    labeler's commit writes it last: ``runs/<run_id>.json`` with ``status: committed``, the
+    run's kind, taxonomy, tables and counts."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from labeler.schema import LABELS_FILE_SCHEMA, conform
+    from labeler.io import redact
+    from labeler.schema import LABELS_FILE_SCHEMA, conform, labels_partition, manifest_path
+    from labeler.taxonomy import load_taxonomy
 
     now = datetime.now(timezone.utc)
     full = []
@@ -83,19 +91,29 @@ def write_labels_table(root: str, rows: list[dict], taxonomy: str, version: str,
         }
         # Every column of the contract, whatever it holds today; the ones a row does not give are null.
         full.append({f.name: given.get(f.name) for f in LABELS_FILE_SCHEMA})
-    directory = os.path.join(root, "labels", f"taxonomy={taxonomy}", f"taxonomy_version={version}", f"run_id={run_id}")
-    os.makedirs(directory, exist_ok=True)
+    partition = labels_partition(root, taxonomy, version, run_id)
+    os.makedirs(partition, exist_ok=True)
     step = -(-len(full) // parts)
     for i in range(parts):
         chunk = full[i * step : (i + 1) * step]
         if chunk:
             table = conform(pa.Table.from_pylist(chunk), LABELS_FILE_SCHEMA)
-            pq.write_table(table, os.path.join(directory, f"part-{i:05d}.parquet"))
+            pq.write_table(table, os.path.join(partition, f"part-{i:05d}.parquet"))
     if commit:
+        tax = load_taxonomy(taxonomy).to_dict()
         os.makedirs(os.path.join(root, "runs"), exist_ok=True)
-        with open(os.path.join(root, "runs", f"{run_id}.json"), "w") as f:
-            json.dump({"run_id": run_id, "status": "committed", "rows": len(full)}, f)
-    return directory
+        manifest = {
+            "run_id": run_id,
+            "kind": kind,
+            "taxonomy": {**tax, "version": version},
+            "counts": {"output_rows": len(full), "status": dict(Counter(r["status"] for r in full))},
+            "status": "committed",
+            "committed_at": now.isoformat(),
+            "tables": {"labels": redact(partition)},
+        }
+        with open(manifest_path(root, run_id), "w", encoding="utf-8") as f:
+            json.dump(manifest, f)
+    return partition
 
 
 def build_weak_corpus(root: str, classes: list[str], label_names: list[str], per_class: int, seed: int = 0) -> dict:

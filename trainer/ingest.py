@@ -1,18 +1,10 @@
-"""Ray Data ingestion: which rows to train on, and the decode + log-mel pipeline.
+"""Ray Data ingestion: which rows a job trains on, and the decode + log-mel stream that feeds
+the Ray Train workers.
 
-Two sources feed the same pipeline:
-
-* the labeler's **labels table** — :func:`select_labels_run` picks one
-  ``taxonomy=/taxonomy_version=/run_id=`` partition and counts its rows by streaming two
-  columns; :func:`labels_rows` reads it with ``ray.data.read_parquet`` and keeps
-  ``status = labeled`` rows at or above ``min_confidence`` (abstained and error rows never
-  reach training);
-* a **labeled corpus** (:mod:`trainer.datasets`) — a small table of file names and labels,
-  handed to Ray Data as blocks by :func:`corpus_rows`.
-
-:func:`featurize` then streams every row's audio through decode + log-mel on CPU tasks
-(``map_batches``); Ray Train hands each worker its shard with
-``ray.train.get_dataset_shard``. No process ever holds the corpus.
+Rows come from one committed run of the labeler's labels table (:func:`select_labels_run`,
+:func:`labels_rows`) or from a labeled corpus (:mod:`trainer.corpora`, :func:`corpus_rows`);
+:func:`prepare_data` resolves a data config to either, and :func:`featurize` streams them
+through decode + log-mel CPU tasks.
 """
 
 from __future__ import annotations
@@ -20,29 +12,35 @@ from __future__ import annotations
 import os
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from trainer.datasets import stable_unit
+from trainer.corpora import stable_unit
+from trainer.errors import DataError
+
+if TYPE_CHECKING:
+    import ray.data
+
+    from labeler.taxonomy import Taxonomy
+    from trainer.config import CorpusData, LabelsData
+    from trainer.features import FeatureSpec
 
 LABEL_COLUMNS = ["utt_id", "uri", "status", "label_index", "confidence", "scores"]
 
 
-class DataError(ValueError):
-    """The requested data does not exist or cannot be used; the message says what exists."""
-
-
 @dataclass
 class LabelsSelection:
-    """One partition of the labels table, chosen for training."""
+    """One committed run's partition of the labels table, chosen for training."""
 
     root: str
     taxonomy: str
     taxonomy_version: str
     run_id: str
-    path: str  # the run_id=... directory (local path or URI)
-    committed: bool
-    other_runs: list[str] = field(default_factory=list)
+    path: str  # the partition's URI (labeler.schema.labels_partition)
+    run_kind: str  # "label" or "relabel"
+    committed_at: str | None = None
+    other_runs: list[str] = field(default_factory=list)  # the other committed runs of this taxonomy version
     counts: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
@@ -51,88 +49,125 @@ class LabelsSelection:
             "taxonomy": self.taxonomy,
             "taxonomy_version": self.taxonomy_version,
             "run_id": self.run_id,
-            "committed": self.committed,
+            "run_kind": self.run_kind,
+            "committed_at": self.committed_at,
             "other_runs": self.other_runs,
             "counts": self.counts,
         }
 
 
-def _list_partitions(fs, path: str, key: str) -> dict[str, str]:
-    """``{value: subdirectory}`` for the ``key=value`` directories under ``path``."""
+def _labels_runs(root: str) -> list[dict[str, Any]]:
+    """Manifests of the committed runs under ``root`` that published a labels partition,
+    oldest first (a run of no rows publishes none)."""
+    from labeler.runs import committed_runs
+
+    return [m for m in committed_runs(root) if "labels" in (m.get("tables") or {})]
+
+
+def _taxonomy_of(manifest: dict[str, Any]) -> tuple[str, str]:
+    tax = manifest.get("taxonomy") or {}
+    return str(tax.get("name")), str(tax.get("version"))
+
+
+def _uncommitted_run_error(root: str, name: str, version: str, run_id: str, candidates: list[str]) -> DataError | None:
+    """The error for an explicit ``run_id`` that has no committed manifest, when its labels
+    partition exists (a run still staging, failed, or written by hand); None when it does not."""
     import pyarrow.fs as pafs
 
-    info = fs.get_file_info(path)
-    if info.type != pafs.FileType.Directory:
-        return {}
-    out = {}
-    for entry in fs.get_file_info(pafs.FileSelector(path, recursive=False)):
-        name = entry.base_name
-        if entry.type == pafs.FileType.Directory and name.startswith(key + "="):
-            out[name.split("=", 1)[1]] = entry.path
-    return out
+    from labeler.io import filesystem, redact
+    from labeler.runs import read_manifest
+    from labeler.schema import labels_partition
 
-
-def _latest_mtime(fs, path: str) -> float:
-    import pyarrow.fs as pafs
-
-    times = [
-        e.mtime.timestamp()
-        for e in fs.get_file_info(pafs.FileSelector(path, recursive=True))
-        if e.type == pafs.FileType.File and e.mtime is not None
-    ]
-    return max(times, default=0.0)
+    partition = labels_partition(root, name, version, run_id)
+    fs, path = filesystem(partition)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return None
+    manifest = read_manifest(root, run_id)
+    state = "it has no manifest runs/" + run_id + ".json" if manifest is None else f"its manifest says status {manifest.get('status')!r}"
+    return DataError(
+        f"run_id {run_id!r} of {name} {version} is not a committed run: {redact(partition)} exists but {state}. "
+        f"An uncommitted partition is not training data: let that lanser-label run finish (rerun its command), "
+        f"or choose a committed run (committed runs of {name} {version}: {candidates})"
+    )
 
 
 def select_labels_run(
     root: str,
-    taxonomy,
+    taxonomy: Taxonomy,
     taxonomy_version: str | None = None,
     run_id: str | None = None,
     min_confidence: float = 0.0,
     val_fraction: float = 0.1,
 ) -> LabelsSelection:
-    """Choose the partition to train on and count its rows.
+    """Choose the committed run to train on and count its rows.
 
-    Without ``run_id``, the newest *committed* run (one with ``<root>/runs/<run>.json``) is
-    taken, else the newest run by file time; the others are listed in ``other_runs``.
-    Counting streams ``status, confidence, label_index`` in record batches.
+    Only committed runs (``runs/<run_id>.json`` with ``status: committed``, found with
+    :func:`labeler.runs.committed_runs`) are candidates. Without ``run_id`` the newest
+    committed run of the taxonomy version is taken (run ids sort by time); the others are
+    listed in ``other_runs``. Counting streams ``utt_id, status, confidence, label_index``
+    in record batches.
     """
     import pyarrow.dataset as pads
-    import pyarrow.fs as pafs
 
-    from labeler.io import filesystem, join
+    from labeler.io import filesystem, redact
+    from labeler.schema import labels_partition
 
-    fs, base = filesystem(root)
-    labels_dir = join(base, "labels")
-    taxa = _list_partitions(fs, labels_dir, "taxonomy")
-    if taxonomy.name not in taxa:
-        raise DataError(
-            f"no labels for taxonomy {taxonomy.name!r} under {join(root, 'labels')} "
-            f"(taxonomies there: {sorted(taxa) or 'none'}); run lanser-label with --taxonomy {taxonomy.name}"
-        )
-    versions = _list_partitions(fs, taxa[taxonomy.name], "taxonomy_version")
+    name = taxonomy.name
     version = taxonomy_version or taxonomy.version
-    if version not in versions:
-        raise DataError(
-            f"taxonomy {taxonomy.name!r} has no taxonomy_version={version} partition (versions there: {sorted(versions)}); "
+    runs = _labels_runs(root)
+    of_taxonomy = [m for m in runs if _taxonomy_of(m)[0] == name]
+    of_version = [m for m in of_taxonomy if _taxonomy_of(m)[1] == version]
+    candidates = [m["run_id"] for m in of_version]
+
+    def no_taxonomy() -> DataError:
+        there = sorted({_taxonomy_of(m)[0] for m in runs})
+        return DataError(
+            f"no labels for taxonomy {name!r} in the committed runs under {redact(root)} "
+            f"(taxonomies there: {there or 'none'}); run lanser-label with --taxonomy {name}"
+        )
+
+    def no_version() -> DataError:
+        return DataError(
+            f"taxonomy {name!r} has no taxonomy_version={version} partition "
+            f"(versions there: {sorted({_taxonomy_of(m)[1] for m in of_taxonomy})}) among the committed runs under {redact(root)}; "
             "set data.taxonomy_version, or point data.taxonomy at the YAML of that version"
         )
-    runs = _list_partitions(fs, versions[version], "run_id")
-    if not runs:
-        raise DataError(f"no runs under {versions[version]}")
-    committed = {
-        r for r in runs if fs.get_file_info(join(base, "runs", f"{r}.json")).type == pafs.FileType.File
-    }
-    if run_id is not None:
-        if run_id not in runs:
-            raise DataError(f"run_id {run_id!r} not found for {taxonomy.name} {version} (runs: {sorted(runs)})")
-        chosen = run_id
+
+    if run_id is None:
+        if not of_taxonomy:
+            raise no_taxonomy()
+        if not of_version:
+            raise no_version()
+        manifest = of_version[-1]
     else:
-        pool = sorted(committed or runs)
-        chosen = max(pool, key=lambda r: (_latest_mtime(fs, runs[r]), r))
+        manifest = next((m for m in runs if m["run_id"] == run_id), None)
+        if manifest is None:
+            error = _uncommitted_run_error(root, name, version, run_id, candidates)
+            if error is not None:
+                raise error
+            if not of_taxonomy:
+                raise no_taxonomy()
+            if not of_version:
+                raise no_version()
+            raise DataError(f"run_id {run_id!r} not found for {name} {version} (committed runs: {candidates})")
+        if _taxonomy_of(manifest) != (name, version):
+            got = " ".join(_taxonomy_of(manifest))
+            raise DataError(
+                f"run_id {run_id!r} labeled taxonomy {got}, not {name} {version}; set data.taxonomy and "
+                f"data.taxonomy_version to match, or choose one of the committed runs of {name} {version}: {candidates}"
+            )
+    chosen = manifest["run_id"]
+    stored_labels = (manifest.get("taxonomy") or {}).get("labels")
+    if stored_labels is not None and list(stored_labels) != taxonomy.label_names:
+        raise DataError(
+            f"run {chosen} was labeled with {name} {version} labels {list(stored_labels)}, but the taxonomy file "
+            f"has {taxonomy.label_names}: label indices would not match; use that run's taxonomy file"
+        )
+    partition = labels_partition(root, name, version, chosen)
+    fs, path = filesystem(partition)
     counts: Counter = Counter()
     per_label: Counter = Counter()  # training split only: what class weights are computed from
-    dataset = pads.dataset(runs[chosen], filesystem=fs, format="parquet")
+    dataset = pads.dataset(path, filesystem=fs, format="parquet")
     for batch in dataset.to_batches(columns=["utt_id", "status", "confidence", "label_index"], batch_size=1 << 16):
         cols = [batch.column(c).to_pylist() for c in ("utt_id", "status", "confidence", "label_index")]
         for utt, s, c, i in zip(*cols):
@@ -149,10 +184,15 @@ def select_labels_run(
                 per_label[i] += 1
     if not counts["train"] or not counts["val"]:
         raise DataError(
-            f"run {chosen} of {taxonomy.name} {version} leaves {counts['train']} training and {counts['val']} validation rows "
+            f"run {chosen} of {name} {version} leaves {counts['train']} training and {counts['val']} validation rows "
             f"({dict(counts)}); lower data.min_confidence, change data.val_fraction or choose another run_id"
         )
     names = taxonomy.label_names
+    if any(not 0 <= i < len(names) for i in per_label):
+        raise DataError(
+            f"run {chosen} has label_index values outside the {len(names)} labels of taxonomy {name} {taxonomy.version}: "
+            "it was labeled with a different taxonomy file"
+        )
     summary = {
         "rows": counts["rows"],
         "labeled": counts["labeled"],
@@ -161,21 +201,17 @@ def select_labels_run(
         "below_min_confidence": counts["below_min_confidence"],
         "train": counts["train"],
         "val": counts["val"],
-        "train_per_label": {names[i] if 0 <= i < len(names) else str(i): per_label[i] for i in sorted(per_label)},
+        "train_per_label": {names[i]: per_label[i] for i in sorted(per_label)},
     }
-    if any(not 0 <= i < len(names) for i in per_label):
-        raise DataError(
-            f"run {chosen} has label_index values outside the {len(names)} labels of taxonomy {taxonomy.name} {taxonomy.version}: "
-            "it was labeled with a different taxonomy file"
-        )
     return LabelsSelection(
         root=root,
-        taxonomy=taxonomy.name,
+        taxonomy=name,
         taxonomy_version=version,
         run_id=chosen,
-        path=runs[chosen] if "://" not in root else join(root, os.path.relpath(runs[chosen], base)),
-        committed=chosen in committed,
-        other_runs=sorted(set(runs) - {chosen}),
+        path=partition,
+        run_kind=manifest.get("kind", "label"),
+        committed_at=manifest.get("committed_at"),
+        other_runs=[r for r in candidates if r != chosen],
         counts=summary,
     )
 
@@ -196,7 +232,7 @@ def _keep_labeled(table: pa.Table, *, min_confidence: float, val_fraction: float
     return table.select(["utt_id", "uri", "label_index", "scores"])
 
 
-def labels_rows(selection: LabelsSelection, *, split: str, min_confidence: float, val_fraction: float):
+def labels_rows(selection: LabelsSelection, *, split: str, min_confidence: float, val_fraction: float) -> ray.data.Dataset:
     """Ray Dataset of ``utt_id, uri, label_index, scores`` for ``split`` (train | val | all)."""
     import ray.data
 
@@ -217,7 +253,7 @@ def labels_rows(selection: LabelsSelection, *, split: str, min_confidence: float
     )
 
 
-def corpus_rows(table: pa.Table, *, split: str, block_rows: int = 64):
+def corpus_rows(table: pa.Table, *, split: str, block_rows: int = 64) -> ray.data.Dataset:
     """Ray Dataset of a corpus table's rows in ``split`` (train | val | test | all)."""
     import pyarrow.compute as pc
     import ray.data
@@ -232,7 +268,17 @@ def corpus_rows(table: pa.Table, *, split: str, block_rows: int = 64):
     return ds.randomize_block_order() if split == "train" else ds
 
 
-def featurize(ds, *, spec, num_classes: int, train: bool, data_cpus: float, batch_size: int, base_dir: str | None, keep_ids: bool = False):
+def featurize(
+    ds: ray.data.Dataset,
+    *,
+    spec: FeatureSpec,
+    num_classes: int,
+    train: bool,
+    data_cpus: float,
+    batch_size: int,
+    base_dir: str | None,
+    keep_ids: bool = False,
+) -> ray.data.Dataset:
     """decode + log-mel on CPU tasks; one output row per input row (see
     :func:`trainer.features.featurize_batch`)."""
     from trainer.features import featurize_batch
@@ -261,7 +307,7 @@ class PreparedData:
     """
 
     kind: str
-    taxonomy: object  # labeler.taxonomy.Taxonomy
+    taxonomy: Taxonomy
     summary: dict
     selection: LabelsSelection | None = None
     table: pa.Table | None = None  # corpus rows with a split column
@@ -290,7 +336,7 @@ class PreparedData:
         labels = [l for l, s in zip(self.table.column("label_index").to_pylist(), self.table.column("split").to_pylist()) if s == split]
         return [labels.count(i) for i in range(len(names))]
 
-    def rows(self, split: str):
+    def rows(self, split: str) -> ray.data.Dataset:
         if self.selection is not None:
             # A weak-labels table has no test split: its held-out rows are the validation split.
             return labels_rows(
@@ -305,7 +351,7 @@ class PreparedData:
         """The same data with a class-stratified share of the training split (corpora only)."""
         import pyarrow.compute as pc
 
-        from trainer.datasets import subsample
+        from trainer.corpora import subsample
 
         if fraction >= 1.0:
             return self
@@ -320,11 +366,11 @@ class PreparedData:
         return prepared
 
 
-def prepare_data(cfg) -> PreparedData:
+def prepare_data(cfg: LabelsData | CorpusData) -> PreparedData:
     """Resolve a :class:`trainer.config.LabelsData` or :class:`~trainer.config.CorpusData`."""
     from labeler.taxonomy import load_taxonomy
 
-    from trainer.datasets import assign_splits, load_corpus
+    from trainer.corpora import assign_splits, load_corpus
 
     taxonomy = load_taxonomy(cfg.taxonomy)
     if cfg.kind == "labels":

@@ -1,24 +1,11 @@
-"""Labeled emotion corpora in their published layouts, mapped onto a lanser taxonomy.
+"""Human-labeled emotion corpora (RAVDESS, CREMA-D, IEMOCAP, a manifest) read from their
+published layouts and mapped onto a lanser taxonomy, and their speaker-independent splits.
 
-* **RAVDESS** ``Actor_01/03-01-05-01-01-01-01.wav``: modality-channel-emotion-intensity-
-  statement-repetition-actor; emotion 01 neutral 02 calm 03 happy 04 sad 05 angry
-  06 fearful 07 disgust 08 surprised. Speaker = ``Actor_NN``.
-* **CREMA-D** ``AudioWAV/1001_DFA_ANG_XX.wav``: speaker_sentence_emotion_level; emotions
-  ANG DIS FEA HAP NEU SAD. Speaker = the 4-digit actor id.
-* **IEMOCAP** ``Session1/sentences/wav/<dialog>/<utt>.wav`` with the categorical labels in
-  ``Session1/dialog/EmoEvaluation/<dialog>.txt`` (``[start - end]<TAB>utt<TAB>emo<TAB>[v, a, d]``);
-  classes ang hap exc sad neu fru sur fea dis oth xxx. Split group = the session (the
-  standard leave-one-session-out protocol), speaker = ``Ses01F``.
-* **manifest**: CSV / Parquet / JSONL with ``uri``, ``label`` and optional ``speaker``,
-  ``utt_id``, ``split``.
+Only file names and label files are read here, never audio. A loader returns a
+:class:`Corpus` with one row per kept utterance; a path that does not look like the claimed
+corpus raises :class:`~trainer.errors.DatasetLayoutError` saying what was expected.
 
-Every loader returns a :class:`Corpus` whose table has one row per kept utterance:
-``utt_id, uri, source_label, label, label_index, speaker, group``. Classes with no
-counterpart in the taxonomy are dropped and counted in ``Corpus.dropped``; a path that does
-not look like the claimed corpus raises :class:`DatasetLayoutError` saying what was
-expected. Only file names and label files are read here, never audio.
-
-    >>> from trainer.datasets import load_corpus
+    >>> from trainer.corpora import load_corpus
     >>> corpus = load_corpus("ravdess", "/data/RAVDESS", taxonomy="iemocap4")  # doctest: +SKIP
     >>> corpus.dropped                                                          # doctest: +SKIP
     {'calm': 192, 'fearful': 192, 'disgust': 192, 'surprised': 192}
@@ -31,8 +18,14 @@ import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
+
+from trainer.errors import DatasetLayoutError
+
+if TYPE_CHECKING:
+    from labeler.taxonomy import Taxonomy
 
 #: Columns of a corpus table, in order.
 CORPUS_SCHEMA = pa.schema(
@@ -73,12 +66,11 @@ _TO_EKMAN = {
 _EKMAN_TO = {"iemocap4": {"neutral": "neutral", "joy": "happy", "sadness": "sad", "anger": "angry"}}
 
 
-class DatasetLayoutError(ValueError):
-    """The path does not look like the corpus it was declared to be, or a label map is wrong."""
-
-
 @dataclass
 class Corpus:
+    """A loaded corpus: ``table`` (:data:`CORPUS_SCHEMA`) holds the utterances whose class
+    maps onto the taxonomy; ``dropped`` counts the rest by corpus class."""
+
     kind: str
     root: str
     table: pa.Table
@@ -104,7 +96,7 @@ class Corpus:
 # --------------------------------------------------------------------------- mapping
 
 
-def class_map(kind: str, source_classes, taxonomy, overrides: dict[str, str | None]) -> dict[str, str | None]:
+def class_map(kind: str, source_classes, taxonomy: Taxonomy, overrides: dict[str, str | None]) -> dict[str, str | None]:
     """Corpus class -> taxonomy label (or None to drop) for every class in ``source_classes``."""
     names = taxonomy.label_names
     mapping: dict[str, str | None] = {}
@@ -188,7 +180,9 @@ def _layout_dirs(kind: str, root: str, pattern: str, expected: str) -> tuple[str
 _RAVDESS = re.compile(r"^(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)\.wav$")
 
 
-def load_ravdess(root: str, taxonomy, label_map=None, include_song: bool = False) -> Corpus:
+def load_ravdess(root: str, taxonomy: Taxonomy, label_map: dict | None = None, include_song: bool = False) -> Corpus:
+    """``Actor_NN/03-01-EE-II-SS-RR-NN.wav`` (modality-channel-emotion-intensity-statement-
+    repetition-actor; emotion 01 neutral .. 08 surprised). Speaker and split group: the actor."""
     expected = "Actor_01 .. Actor_24 folders holding files like 03-01-05-01-01-01-01.wav"
     root, actors = _layout_dirs("RAVDESS", root, r"Actor_\d\d", expected)
     rows, bad, skipped = [], [], Counter()
@@ -218,7 +212,9 @@ def load_ravdess(root: str, taxonomy, label_map=None, include_song: bool = False
 _CREMAD = re.compile(r"^(\d{4})_([A-Z]{3})_([A-Z]{3})_([A-Z]{2})\.wav$")
 
 
-def load_cremad(root: str, taxonomy, label_map=None) -> Corpus:
+def load_cremad(root: str, taxonomy: Taxonomy, label_map: dict | None = None) -> Corpus:
+    """``AudioWAV/1001_DFA_ANG_XX.wav`` (speaker_sentence_emotion_level; emotions ANG DIS FEA
+    HAP NEU SAD). Speaker and split group: the 4-digit actor id."""
     expected = "an AudioWAV folder holding files like 1001_DFA_ANG_XX.wav"
     root = _check_dir("CREMA-D", root, expected)
     audio_dir = os.path.join(root, "AudioWAV") if os.path.isdir(os.path.join(root, "AudioWAV")) else root
@@ -247,7 +243,10 @@ _IEMOCAP_LINE = re.compile(r"^\[(\d+(?:\.\d+)?) - (\d+(?:\.\d+)?)\]\t(\S+)\t(\S+
 _IEMOCAP_UTT = re.compile(r"^(Ses0[1-5])[FM]_.+_([FM])[A-Za-z0-9]*$")
 
 
-def load_iemocap(root: str, taxonomy, label_map=None) -> Corpus:
+def load_iemocap(root: str, taxonomy: Taxonomy, label_map: dict | None = None) -> Corpus:
+    """``SessionN/sentences/wav/<dialog>/<utt>.wav`` labeled by
+    ``SessionN/dialog/EmoEvaluation/<dialog>.txt`` (``[start - end]<TAB>utt<TAB>class<TAB>[v, a, d]``).
+    Speaker: ``Ses01F``; split group: the session (leave-one-session-out)."""
     expected = "Session1..Session5 folders, each with dialog/EmoEvaluation/*.txt and sentences/wav/<dialog>/<utt>.wav"
     root, sessions = _layout_dirs("IEMOCAP", root, r"Session[1-5]", expected)
     rows, bad, skipped = [], [], Counter()
@@ -292,7 +291,7 @@ def load_iemocap(root: str, taxonomy, label_map=None) -> Corpus:
     return _finish("iemocap", root, rows, taxonomy, label_map or {}, skipped)
 
 
-def load_manifest(path: str, taxonomy, label_map=None) -> Corpus:
+def load_manifest(path: str, taxonomy: Taxonomy, label_map: dict | None = None) -> Corpus:
     """CSV, Parquet or JSONL with ``uri`` and ``label`` (+ optional ``speaker``, ``utt_id``,
     ``split``). Relative URIs are relative to the manifest's directory; labels are taxonomy
     label names or corpus classes mapped by ``label_map``."""
@@ -354,7 +353,7 @@ def load_manifest(path: str, taxonomy, label_map=None) -> Corpus:
     return corpus
 
 
-def load_corpus(kind: str, path: str, taxonomy, label_map=None, include_song: bool = False) -> Corpus:
+def load_corpus(kind: str, path: str, taxonomy: Taxonomy | str, label_map: dict | None = None, include_song: bool = False) -> Corpus:
     """Load any supported corpus; ``taxonomy`` is a name, a path or a loaded Taxonomy."""
     if isinstance(taxonomy, str):
         from labeler.taxonomy import load_taxonomy
@@ -368,7 +367,7 @@ def load_corpus(kind: str, path: str, taxonomy, label_map=None, include_song: bo
         return load_iemocap(path, taxonomy, label_map)
     if kind == "manifest":
         return load_manifest(path, taxonomy, label_map)
-    raise ValueError(f"unknown corpus kind {kind!r} (allowed: ravdess, crema-d, iemocap, manifest)")
+    raise DatasetLayoutError(f"unknown corpus kind {kind!r} (allowed: ravdess, crema-d, iemocap, manifest)")
 
 
 # --------------------------------------------------------------------------- splits

@@ -1,5 +1,4 @@
-"""Corpus loaders on fixture trees that follow each corpus's real naming, splits, and the
-labels-table run selection."""
+"""Corpus loaders on fixture trees that follow each corpus's real naming, and their splits."""
 
 from __future__ import annotations
 
@@ -11,8 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from trainer_testlib import build_ravdess, synth_clip, write_labels_table, write_wav
-from trainer.datasets import DatasetLayoutError, assign_splits, load_corpus, subsample
+from trainer_testlib import build_ravdess, synth_clip, write_wav
+from trainer.corpora import assign_splits, load_corpus, subsample
+from trainer.errors import DatasetLayoutError
 
 ALL_RAVDESS = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
 
@@ -239,39 +239,3 @@ def test_subsample_is_stratified_and_nested(ravdess_small):
         assert counts == {i: max(1, round(n * frac)) for i, n in per_class.items()}
     assert set(small.column("utt_id").to_pylist()) <= set(large.column("utt_id").to_pylist())
     assert subsample(table, 1.0) is table
-
-
-# --------------------------------------------------------------------------- labels table runs
-
-
-def _rows(n, label_index, names):
-    return [{"utt_id": f"u{i}", "uri": f"/nowhere/u{i}.wav", "status": "labeled", "label": names[label_index],
-             "label_index": label_index, "confidence": 0.9, "scores": [0.9 if j == label_index else 0.1 / (len(names) - 1) for j in range(len(names))]}
-            for i in range(n)]
-
-
-def test_labels_run_selection_prefers_committed_runs(tmp_path):
-    from labeler.taxonomy import load_taxonomy
-
-    from trainer.data import DataError, select_labels_run
-
-    tax = load_taxonomy("iemocap4")
-    names = tax.label_names
-    root = str(tmp_path)
-    write_labels_table(root, _rows(40, 1, names) + [{"utt_id": "x", "uri": "/x.wav", "status": "abstained"}], "iemocap4", "1.0", "run-old", commit=True)
-    staging = write_labels_table(root, _rows(30, 2, names), "iemocap4", "1.0", "run-new", commit=False)
-    os.utime(staging, None)
-    chosen = select_labels_run(root, tax, val_fraction=0.25)
-    assert chosen.run_id == "run-old" and chosen.committed and chosen.other_runs == ["run-new"]
-    counts = chosen.counts
-    assert (counts["rows"], counts["labeled"], counts["abstained"]) == (41, 40, 1)
-    assert counts["train"] + counts["val"] == 40 and 0 < counts["val"] < 20
-    assert counts["train_per_label"] == {"happy": counts["train"]}
-    explicit = select_labels_run(root, tax, run_id="run-new")
-    assert explicit.run_id == "run-new" and not explicit.committed
-    with pytest.raises(DataError, match=r"no labels for taxonomy 'ekman'.*taxonomies there: \['iemocap4'\]"):
-        select_labels_run(root, load_taxonomy("ekman"))
-    with pytest.raises(DataError, match=r"no taxonomy_version=2.0 partition \(versions there: \['1.0'\]\)"):
-        select_labels_run(root, tax, taxonomy_version="2.0")
-    with pytest.raises(DataError, match="leaves 0 training"):
-        select_labels_run(root, tax, min_confidence=0.95)
