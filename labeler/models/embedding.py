@@ -12,7 +12,7 @@ import numpy as np
 
 from labeler.config import ScorerConfig
 from labeler.errors import ModelLoadError
-from labeler.models.base import Pair, Scorer, set_threads, torch_device, torch_threads
+from labeler.models.base import Pair, Scorer, set_threads, torch_device, torch_threads, weights_dtype
 from labeler.models.registry import resolve_model
 
 
@@ -31,6 +31,8 @@ class EmbeddingScorer(Scorer):
             self.model = SentenceTransformer(resolve_model(cfg.model), device=self.device)
         except Exception as exc:
             raise ModelLoadError(f"cannot load sentence-embedding model {cfg.model!r}: {exc}") from exc
+        self.dtype = weights_dtype(self.model)
+        self.dtype_reason = "embedding: the weights' own dtype (scorer.dtype is for llm and vllm)"
         self.temperature = cfg.temperature
         self.batch_size = cfg.pair_batch_size
         self._hyp_cache: dict[tuple[str, ...], np.ndarray] = {}

@@ -10,9 +10,10 @@ label always gets a score::
 
 ``log p`` is normalized over the whole vocabulary, so probability mass on other tokens
 lowers neither side's log-odds. ``engine: vllm`` and ``engine: transformers`` see the same
-token ids; with ``dtype: float32`` they give the same values (to 2e-3, tested). vLLM's CPU
-default, bf16, moves the log-odds by up to about 0.1 nats, which reorders labels whose
-scores lie closer than that; compare engines in fp32.
+token ids; in fp32 they give the same values (to 2e-3, tested). ``dtype: auto`` is bf16
+only where the hardware computes it (:mod:`labeler.models.device`); bf16 moved SmolLM2's
+log-odds by up to 0.24 nats (``bench.llm``), which reorders labels whose scores lie closer
+than that; compare engines in fp32.
 """
 
 from __future__ import annotations
@@ -25,16 +26,19 @@ import numpy as np
 from labeler.config import ScorerConfig
 from labeler.errors import ConfigError, ModelLoadError
 from labeler.models.base import Pair, Scorer, set_threads, token_budget_batches, torch_device, torch_threads
+from labeler.models.device import choose_dtype
 from labeler.models.prompt import EntailmentPrompt, group_by_premise
 from labeler.models.registry import resolve_model
-from labeler.models.vllm_engine import VllmEngine, vllm_engine_args
+from labeler.models.vllm_engine import VllmEngine, vllm_dtype, vllm_engine_args
 
 
 class _VllmCausalLM:
     """vLLM runner: ``SamplingParams(max_tokens=1, logprob_token_ids=[...])`` per prompt."""
 
     def __init__(self, cfg: ScorerConfig, path: str) -> None:
-        self.engine = VllmEngine(cfg.model, vllm_engine_args(path, cfg, max_model_len=cfg.max_model_len))
+        dtype, self.dtype_reason = vllm_dtype(cfg)
+        self.engine = VllmEngine(cfg.model, vllm_engine_args(path, cfg, max_model_len=cfg.max_model_len, dtype=dtype))
+        self.dtype = self.engine.dtype  # as the engine resolved it (a GPU's auto)
         self.tokenizer = self.engine.llm.get_tokenizer()
         # Prompt tokens sent and those vLLM served from its prefix cache (cumulative).
         self.stats = {"prompt_tokens": 0, "cached_tokens": 0}
@@ -60,7 +64,8 @@ class _VllmCausalLM:
 
 
 class _HFCausalLM:
-    """transformers runner: ``AutoModelForCausalLM`` (fp32 on CPU), left-padded batches with
+    """transformers runner: ``AutoModelForCausalLM`` (``auto``: fp32 on CPU, fp16 on cuda with
+    ``half_precision``), left-padded batches with
     explicit position ids (so a padded row sees the same positions as alone), log-softmax of
     the last position only."""
 
@@ -70,10 +75,8 @@ class _HFCausalLM:
 
         self.device = torch_device(cfg.device)
         set_threads(self.device, torch_threads(cfg))
-        if cfg.dtype == "auto":
-            torch_dtype = torch.float16 if (self.device == "cuda" and cfg.half_precision) else torch.float32
-        else:
-            torch_dtype = getattr(torch, cfg.dtype)
+        self.dtype, self.dtype_reason = choose_dtype(cfg.dtype, "transformers", self.device, half_precision=cfg.half_precision)
+        torch_dtype = getattr(torch, self.dtype)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
@@ -131,6 +134,7 @@ class LLMScorer(Scorer):
             self.lm = _HFCausalLM(cfg, path)
         else:
             raise ConfigError(f"scorer.engine: unknown engine {cfg.engine!r} (transformers or vllm)")
+        self.dtype, self.dtype_reason = self.lm.dtype, self.lm.dtype_reason
         try:
             self.prompt = EntailmentPrompt(self.lm.tokenizer, cfg.max_model_len)
         except Exception:

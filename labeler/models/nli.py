@@ -14,9 +14,10 @@ import numpy as np
 
 from labeler.config import ScorerConfig
 from labeler.errors import ModelLoadError
-from labeler.models.base import Pair, Scorer, find_entailment_index, set_threads, token_budget_batches, torch_device, torch_threads
+from labeler.models.base import (Pair, Scorer, find_entailment_index, set_threads, token_budget_batches, torch_device, torch_threads,
+                                 weights_dtype)
 from labeler.models.registry import resolve_model
-from labeler.models.vllm_engine import VllmEngine, vllm_engine_args
+from labeler.models.vllm_engine import VllmEngine, vllm_dtype, vllm_engine_args
 
 
 class NLIScorer(Scorer):
@@ -38,8 +39,14 @@ class NLIScorer(Scorer):
         except Exception as exc:
             raise ModelLoadError(f"cannot load NLI model {cfg.model!r}: {exc}") from exc
         self.entail_idx = find_entailment_index(self.model.config.label2id)
+        # scorer.dtype is not read here (the first release ignored it, and the nli cache key
+        # leaves it out): fp16 on cuda with half_precision, else the weights as stored.
         if self.device == "cuda" and cfg.half_precision:
             self.model = self.model.half()
+            self.dtype_reason = "nli on transformers, cuda with scorer.half_precision: float16"
+        else:
+            self.dtype_reason = f"nli on transformers, {self.device}: the weights' own dtype (scorer.dtype is for llm and vllm)"
+        self.dtype = weights_dtype(self.model)
         self.model.to(self.device).eval()
         self.max_length = cfg.max_length
         self.pair_batch_size = cfg.pair_batch_size
@@ -91,9 +98,11 @@ class VllmNLIScorer(Scorer):
             raise ModelLoadError(f"cannot load NLI model {cfg.model!r}: {type(exc).__name__}: {exc}") from exc
         self.entail_idx = find_entailment_index(label2id)
         self.max_length = cfg.max_length
-        args = vllm_engine_args(path, cfg, max_model_len=cfg.max_length, runner="pooling")
+        dtype, self.dtype_reason = vllm_dtype(cfg)
+        args = vllm_engine_args(path, cfg, max_model_len=cfg.max_length, dtype=dtype, runner="pooling")
         args.pop("enable_prefix_caching", None)  # encoder-only: nothing to share
         self.engine = VllmEngine(cfg.model, args)
+        self.dtype = self.engine.dtype
 
     def score_pairs(self, premises: Sequence[str], hypotheses: Sequence[str], pairs: Sequence[Pair]) -> np.ndarray:
         from vllm import PoolingParams

