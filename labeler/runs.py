@@ -427,20 +427,23 @@ def read_manifest(root: str, run_id: str) -> Optional[dict[str, Any]]:
         return json.loads(f.read().decode("utf-8"))
 
 
+def _committed(manifest: Optional[dict[str, Any]], kinds: tuple[str, ...]) -> bool:
+    """A run is committed when its manifest says ``status: committed`` (written last, after
+    its partitions moved)."""
+    return bool(manifest) and manifest.get("status") == "committed" and manifest.get("kind") in kinds
+
+
 def committed_runs(root: str, kinds: tuple[str, ...] = ("label", "relabel")) -> list[dict[str, Any]]:
-    """Manifests of the committed runs under ``root``, oldest first. A run is committed when
-    its manifest says ``status: committed`` (written last, after its partitions moved)."""
+    """Manifests of the committed runs under ``root``, oldest first."""
     found = (read_manifest(root, name) for name in manifest_run_ids(root))
-    return [m for m in found if m and m.get("status") == "committed" and m.get("kind") in kinds]
+    return [m for m in found if _committed(m, kinds)]
 
 
 def latest_run(root: str, kinds: tuple[str, ...] = ("label", "relabel")) -> Optional[dict[str, Any]]:
-    """Manifest of the newest committed run under ``root`` (run ids sort by time)."""
-    for name in reversed(manifest_run_ids(root)):
-        m = read_manifest(root, name)
-        if m and m.get("status") == "committed" and m.get("kind") in kinds:
-            return m
-    return None
+    """Manifest of the newest committed run under ``root`` (run ids sort by time); reads
+    manifests from the newest back, stopping at the first committed one."""
+    found = (read_manifest(root, name) for name in reversed(manifest_run_ids(root)))
+    return next((m for m in found if _committed(m, kinds)), None)
 
 
 def find_committed(root: str, run_id: Optional[str] = None) -> dict[str, Any]:
