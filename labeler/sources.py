@@ -11,13 +11,20 @@ path below its root without the extension: ``speaker1/clip03``; for a manifest r
 an id, the URI). A duplicated input row (same URI, or same given ``utt_id``) is kept as an
 error row whose ``utt_id`` gets a ``#dup<k>`` suffix, so every input row is accounted for
 and ``utt_id`` stays unique within a run.
+
+An input entry that names audio but cannot be read as a file is an error row too (never
+dropped, never opened): a broken symbolic link, or a FIFO/named pipe, socket or device file
+(opening a FIFO for reading would block the run forever). Local paths are checked with
+``os.stat``/``os.lstat`` only; remote URIs are left to the decoder.
 """
 
 from __future__ import annotations
 
+import errno
 import glob as _glob
 import os
 import posixpath
+import stat as _stat
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -45,6 +52,7 @@ INPUT_SCHEMA = pa.schema(
 class _Item:
     utt_id: str
     uri: str
+    error: str | None = None
 
 
 def resolve_input(spec: str) -> pa.Table:
@@ -63,29 +71,113 @@ def resolve_input(spec: str) -> pa.Table:
 
 def _from_directory(root: str) -> list[_Item]:
     fs, path = filesystem(root)
+    if is_local(root):
+        return _from_local_directory(root, path)
     import pyarrow.fs as pafs
 
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
         raise InputError(f"input not found: {redact(root)}")
     if info.type == pafs.FileType.File:
-        if path.lower().endswith(AUDIO_EXTENSIONS):
-            return [_Item(_strip_ext(posixpath.basename(path)), root)]
-        raise InputError(
-            f"input {redact(root)} is a file but neither audio ({', '.join(AUDIO_EXTENSIONS[:6])}, ...) "
-            f"nor a manifest ({', '.join(MANIFEST_EXTENSIONS)})"
-        )
+        return [_single_file(root, path)]
     files = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-    paths = sorted(f.path for f in files if f.type == pafs.FileType.File and f.path.lower().endswith(AUDIO_EXTENSIONS))
-    if not paths:
+    found = sorted(
+        (f.path, None if f.type == pafs.FileType.File else f"input: not a regular file (unknown type), not read: {redact(_to_uri(root, path, f.path))}")
+        for f in files
+        if f.type in (pafs.FileType.File, pafs.FileType.Unknown) and f.path.lower().endswith(AUDIO_EXTENSIONS)
+    )
+    if not found:
         raise InputError(f"no audio files ({', '.join(AUDIO_EXTENSIONS[:6])}, ...) found under {redact(root)}")
-    return [_Item(_strip_ext(_relative(p, path)), _to_uri(root, path, p)) for p in paths]
+    return [_Item(_strip_ext(_relative(p, path)), _to_uri(root, path, p), err) for p, err in found]
+
+
+def _single_file(root: str, path: str) -> _Item:
+    if path.lower().endswith(AUDIO_EXTENSIONS):
+        return _Item(_strip_ext(posixpath.basename(path)), root)
+    raise InputError(
+        f"input {redact(root)} is a file but neither audio ({', '.join(AUDIO_EXTENSIONS[:6])}, ...) "
+        f"nor a manifest ({', '.join(MANIFEST_EXTENSIONS)})"
+    )
+
+
+def _from_local_directory(root: str, path: str) -> list[_Item]:
+    """A local folder, walked with ``os.scandir``: pyarrow's listing silently drops broken
+    symbolic links and reports FIFOs/sockets as ``FileType.Unknown``; here each entry
+    named like audio becomes a row, with an error when it is not a readable regular file.
+    Symbolic links to files and folders are followed (as pyarrow does), except a link back
+    to a folder above it, which would list the same files again and again."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise InputError(f"input not found: {redact(root)} is a broken symbolic link (target missing)") from None
+        raise InputError(f"input not found: {redact(root)}") from None
+    except OSError as exc:
+        raise InputError(f"cannot read input {redact(root)}: {exc.strerror or exc}") from None
+    if _stat.S_ISREG(st.st_mode):
+        return [_single_file(root, path)]
+    if not _stat.S_ISDIR(st.st_mode):
+        raise InputError(f"input {redact(root)} is not a regular file or folder ({_kind(st.st_mode)}); not read")
+    found = sorted(_scan_local(path, (st.st_dev, st.st_ino)))
+    if not found:
+        raise InputError(f"no audio files ({', '.join(AUDIO_EXTENSIONS[:6])}, ...) found under {redact(root)}")
+    return [_Item(_strip_ext(_relative(p, path)), _to_uri(root, path, p), err) for p, err in found]
+
+
+def _scan_local(top: str, top_key: tuple[int, int]) -> list[tuple[str, str | None]]:
+    """``(path, error)`` for every entry named like audio below ``top``, recursively."""
+    found: list[tuple[str, str | None]] = []
+    stack: list[tuple[str, frozenset]] = [(top, frozenset([top_key]))]
+    while stack:
+        folder, above = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except OSError as exc:
+            raise InputError(f"cannot list folder {folder}: {exc.strerror or exc}") from None
+        for entry in entries:
+            p = os.path.join(folder, entry.name)
+            audio = entry.name.lower().endswith(AUDIO_EXTENSIONS)
+            try:
+                if entry.is_symlink():
+                    try:
+                        st = os.stat(p)
+                    except OSError as exc:
+                        if audio and os.path.lexists(p):
+                            found.append((p, _unreadable_error(p, exc)))
+                        continue
+                elif entry.is_dir(follow_symlinks=False):
+                    st = entry.stat(follow_symlinks=False)
+                    stack.append((p, above | {(st.st_dev, st.st_ino)}))
+                    continue
+                elif not audio:
+                    continue
+                elif entry.is_file(follow_symlinks=False):
+                    found.append((p, None))
+                    continue
+                else:
+                    st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # removed while listing
+            if _stat.S_ISDIR(st.st_mode):
+                key = (st.st_dev, st.st_ino)
+                if key not in above:
+                    stack.append((p, above | {key}))
+            elif audio:
+                found.append((p, _special_file_error(p, st.st_mode)))
+    return found
 
 
 def _from_glob(pattern: str) -> list[_Item]:
+    errors: dict[str, str | None] = {}
     if is_local(pattern):
         pat = local_path(pattern)
-        paths = sorted(p for p in _glob.glob(pat, recursive=True) if os.path.isfile(p))
+        paths = []
+        for p in sorted(_glob.glob(pat, recursive=True)):
+            kind, err = _check_local(p)
+            if kind == "file":
+                paths.append(p)
+                errors[p] = err
         base = _glob_base(pat)
         uris = paths
     else:
@@ -99,7 +191,54 @@ def _from_glob(pattern: str) -> list[_Item]:
         uris = [f"{proto}://{p}" for p in paths]
     if not paths:
         raise InputError(f"no files match {redact(pattern)}")
-    return [_Item(_strip_ext(_relative(p, base)), u) for p, u in zip(paths, uris)]
+    return [_Item(_strip_ext(_relative(p, base)), u, errors.get(p)) for p, u in zip(paths, uris)]
+
+
+def _check_local(p: str) -> tuple[str, str | None]:
+    """``("file", error)`` for a path that is an input row (``error`` None for a regular file
+    or a link to one; set for a broken link, FIFO, socket or device), ``("dir", None)`` for a
+    folder or a link to one, ``("gone", None)`` for a path that does not exist."""
+    try:
+        st = os.stat(p)
+    except ValueError:  # e.g. an embedded NUL byte: no such local file
+        return "gone", None
+    except OSError as exc:
+        if os.path.lexists(p):
+            return "file", _unreadable_error(p, exc)
+        return "gone", None
+    if _stat.S_ISDIR(st.st_mode):
+        return "dir", None
+    return "file", _special_file_error(p, st.st_mode)
+
+
+def _special_file_error(p: str, mode: int) -> str | None:
+    if _stat.S_ISREG(mode):
+        return None
+    return f"input: not a regular file ({_kind(mode)}), not read: {redact(p)}"
+
+
+def _unreadable_error(p: str, exc: OSError) -> str:
+    if os.path.islink(p):
+        if isinstance(exc, FileNotFoundError):
+            return f"input: broken symbolic link (target missing): {redact(p)}"
+        if exc.errno == errno.ELOOP:
+            return f"input: broken symbolic link (link loop): {redact(p)}"
+        return f"input: symbolic link whose target cannot be inspected ({exc.strerror or exc}), not read: {redact(p)}"
+    return f"input: cannot inspect file ({exc.strerror or exc}), not read: {redact(p)}"
+
+
+def _kind(mode: int) -> str:
+    if _stat.S_ISFIFO(mode):
+        return "a FIFO/named pipe"
+    if _stat.S_ISSOCK(mode):
+        return "a socket"
+    if _stat.S_ISCHR(mode):
+        return "a character device"
+    if _stat.S_ISBLK(mode):
+        return "a block device"
+    if _stat.S_ISDIR(mode):
+        return "a folder"
+    return "an unknown file type"
 
 
 def _from_manifest(spec: str) -> list[_Item]:
@@ -147,8 +286,19 @@ def _from_manifest(spec: str) -> list[_Item]:
         # Derived ids use the URI as written, so a relative manifest gives ids that do
         # not change when the corpus moves.
         utt_id = str(utt).strip() if utt is not None and str(utt).strip() else redact(written)
-        items.append(_Item(utt_id, uri))
+        items.append(_Item(utt_id, uri, _manifest_row_error(uri)))
     return items
+
+
+def _manifest_row_error(uri: str) -> str | None:
+    """An error for a local manifest row that must not be handed to the decoder: a FIFO,
+    socket or device (opening a FIFO blocks forever) or a broken symbolic link. Missing files
+    and folders are left to the decoder, which fails on them without blocking; remote URIs
+    are not touched here."""
+    if not is_local(uri):
+        return None
+    kind, err = _check_local(local_path(uri))
+    return err if kind == "file" else None
 
 
 def _dedupe(items: list[_Item]) -> pa.Table:
@@ -170,6 +320,7 @@ def _dedupe(items: list[_Item]) -> pa.Table:
         else:
             first_by_uri[it.uri] = utt_id
             first_by_id[utt_id] = i
+            err = it.error
         utt_ids.append(utt_id)
         uris.append(it.uri)
         errors.append(err)

@@ -86,3 +86,159 @@ def test_redaction():
     assert redact("https://h/x.wav?X-Amz-Signature=abc") == "https://h/x.wav?***"
     assert redact("/local/path.wav") == "/local/path.wav"
     assert "SECRET" not in redact_text("cannot read s3://AKIA:SECRET@bucket/x.wav: denied")
+
+
+# --- special files inside an input folder: every entry named like audio is a row -------------
+# A broken symbolic link and a FIFO/named pipe (or socket) named like audio must become error
+# rows, and a FIFO must never be opened: opening one for reading blocks forever. Every
+# resolve_input below runs in a thread joined with a timeout, so a blocking open fails the
+# test instead of hanging it.
+
+import os
+import socket
+import threading
+
+_RESOLVE_TIMEOUT_S = 20
+
+
+def _resolve_guarded(spec, fifos=()):
+    out = {}
+
+    def target():
+        try:
+            out["table"] = resolve_input(spec)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
+            out["exc"] = exc
+
+    th = threading.Thread(target=target, daemon=True)
+    th.start()
+    th.join(_RESOLVE_TIMEOUT_S)
+    if th.is_alive():
+        for f in fifos:  # release a reader blocked in open(): give it a writer
+            try:
+                os.close(os.open(f, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass
+        th.join(5)
+        pytest.fail(f"resolve_input({spec!r}) blocked for {_RESOLVE_TIMEOUT_S}s: a FIFO was opened")
+    if "exc" in out:
+        raise out["exc"]
+    return out["table"]
+
+
+def _special_folder(root):
+    """good.wav, link.wav -> good.wav, x.wav -> missing target, y.wav a FIFO, below ``root/c``."""
+    d = root / "c"
+    _touch(d / "good.wav")
+    os.symlink(d / "good.wav", d / "link.wav")
+    os.symlink(d / "missing-target.wav", d / "x.wav")
+    os.mkfifo(d / "y.wav")
+    return d
+
+
+def _rows(t):
+    return list(zip(t.column("utt_id").to_pylist(), t.column("uri").to_pylist(), t.column("error").to_pylist()))
+
+
+def test_directory_with_broken_link_and_fifo(tmp_path):
+    d = _special_folder(tmp_path)
+    _touch(d / "notes.txt")
+    os.mkfifo(d / "pipe.txt")  # not named like audio: not an input, as notes.txt
+    t = _resolve_guarded(str(d), fifos=[d / "y.wav"])
+    assert t.column("source_row").to_pylist() == [0, 1, 2, 3]
+    assert _rows(t) == [
+        ("good", str(d / "good.wav"), None),
+        ("link", str(d / "link.wav"), None),  # a link to a good file is a normal input
+        ("x", str(d / "x.wav"), f"input: broken symbolic link (target missing): {d / 'x.wav'}"),
+        ("y", str(d / "y.wav"), f"input: not a regular file (a FIFO/named pipe), not read: {d / 'y.wav'}"),
+    ]
+
+
+def test_directory_special_files_in_subfolders_sockets_loops_and_folder_links(tmp_path):
+    d = _special_folder(tmp_path)
+    sub = d / "sub"
+    _touch(sub / "a.flac")
+    os.mkfifo(sub / "p.mp3")
+    os.symlink(sub / "loop.wav", sub / "loop.wav")
+    real = tmp_path / "elsewhere"
+    _touch(real / "inner.wav")
+    os.symlink(real, d / "dirlink.wav")  # a link to a folder named like audio: a folder, followed
+    os.symlink(d, sub / "up.wav")  # a link back up: not followed again (no endless a.flac copies)
+    # AF_UNIX paths are limited to ~108 bytes: bind from inside the folder.
+    cwd = os.getcwd()
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        os.chdir(sub)
+        sock.bind("s.wav")
+    finally:
+        os.chdir(cwd)
+    try:
+        t = _resolve_guarded(str(d), fifos=[d / "y.wav", sub / "p.mp3"])
+    finally:
+        sock.close()
+    rows = _rows(t)
+    assert [r[0] for r in rows] == ["dirlink.wav/inner", "good", "link", "sub/a", "sub/loop", "sub/p", "sub/s", "x", "y"]
+    errs = {r[0]: r[2] for r in rows}
+    assert errs["dirlink.wav/inner"] is None and errs["good"] is None and errs["link"] is None and errs["sub/a"] is None
+    assert errs["sub/loop"] == f"input: broken symbolic link (link loop): {sub / 'loop.wav'}"
+    assert errs["sub/p"] == f"input: not a regular file (a FIFO/named pipe), not read: {sub / 'p.mp3'}"
+    assert errs["sub/s"] == f"input: not a regular file (a socket), not read: {sub / 's.wav'}"
+    assert errs["x"].startswith("input: broken symbolic link") and errs["y"].startswith("input: not a regular file")
+    assert t.column("uri").to_pylist()[0] == str(d / "dirlink.wav" / "inner.wav")
+
+
+def test_directory_with_only_special_files_still_lists_them(tmp_path):
+    d = tmp_path / "c"
+    d.mkdir()
+    os.mkfifo(d / "only.wav")
+    t = _resolve_guarded(str(d), fifos=[d / "only.wav"])
+    assert _rows(t) == [("only", str(d / "only.wav"), f"input: not a regular file (a FIFO/named pipe), not read: {d / 'only.wav'}")]
+
+
+def test_single_special_file_as_input_is_refused(tmp_path):
+    os.mkfifo(tmp_path / "y.wav")
+    os.symlink(tmp_path / "missing.wav", tmp_path / "x.wav")
+    with pytest.raises(InputError, match=r"not a regular file or folder \(a FIFO/named pipe\)"):
+        _resolve_guarded(str(tmp_path / "y.wav"), fifos=[tmp_path / "y.wav"])
+    with pytest.raises(InputError, match="not found.*broken symbolic link"):
+        _resolve_guarded(str(tmp_path / "x.wav"))
+
+
+@pytest.mark.parametrize("pattern, prefix", [("c/*.wav", ""), ("**/*.wav", "c/")])
+def test_glob_with_broken_link_and_fifo(tmp_path, pattern, prefix):
+    d = _special_folder(tmp_path)
+    (d / "folder.wav").mkdir()  # a folder matched by the glob is no input, as before
+    t = _resolve_guarded(str(tmp_path / pattern), fifos=[d / "y.wav"])
+    assert _rows(t) == [
+        (f"{prefix}good", str(d / "good.wav"), None),
+        (f"{prefix}link", str(d / "link.wav"), None),
+        (f"{prefix}x", str(d / "x.wav"), f"input: broken symbolic link (target missing): {d / 'x.wav'}"),
+        (f"{prefix}y", str(d / "y.wav"), f"input: not a regular file (a FIFO/named pipe), not read: {d / 'y.wav'}"),
+    ]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_manifest_listing_a_fifo_and_a_broken_link(tmp_path, fmt):
+    d = _special_folder(tmp_path)
+    rows = [
+        {"uri": "c/good.wav", "utt_id": "g"},
+        {"uri": "c/y.wav", "utt_id": "fifo"},
+        {"uri": str(d / "x.wav"), "utt_id": "dangling"},
+        {"uri": "c/absent.wav", "utt_id": "absent"},  # missing: left to the decoder, as before
+        {"uri": "s3://bucket/y.wav", "utt_id": "remote"},  # remote: not inspected here
+        {"uri": "c/y.wav", "utt_id": "fifo-again"},
+    ]
+    path = tmp_path / f"m.{fmt}"
+    if fmt == "csv":
+        path.write_text("uri,utt_id\n" + "".join(f"{r['uri']},{r['utt_id']}\n" for r in rows))
+    elif fmt == "jsonl":
+        path.write_text("\n".join(json.dumps(r) for r in rows))
+    else:
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    t = _resolve_guarded(str(path), fifos=[d / "y.wav"])
+    assert t.column("utt_id").to_pylist() == ["g", "fifo", "dangling", "absent", "remote", "fifo-again#dup1"]
+    errs = t.column("error").to_pylist()
+    assert errs[0] is None and errs[3] is None and errs[4] is None
+    assert errs[1] == f"input: not a regular file (a FIFO/named pipe), not read: {d / 'y.wav'}"
+    assert errs[2] == f"input: broken symbolic link (target missing): {d / 'x.wav'}"
+    assert errs[5].startswith("input: duplicate row, same uri")
