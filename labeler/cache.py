@@ -22,8 +22,9 @@ import pyarrow.compute as pc
 from labeler import schema as S
 from labeler.io import filesystem, join
 
-#: What a cache hit gives a row: its audio identity and duration, and its transcript.
-TRANSCRIPT_COLUMNS = ("audio_sha256", "duration_s", *S.TRANSCRIPT_COLUMNS)
+#: What a cache hit gives each utterance of a file: the file's identity and duration, the
+#: utterance's place in it, and its transcript.
+TRANSCRIPT_COLUMNS = ("audio_sha256", "duration_s", "segment_index", "segment_count", "start_s", "end_s", *S.TRANSCRIPT_COLUMNS)
 
 
 def key64(*parts: str) -> int:
@@ -47,14 +48,16 @@ def _lookup(keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     return np.where(keys[pos] == wanted, pos, -1)
 
 
-def _read_table(root: str, sub: str, columns: list[str], filter_expr) -> Optional[pa.Table]:
+def _read_table(root: str, sub: str, columns: list[str], filter_expr, schema: Optional[pa.Schema] = None) -> Optional[pa.Table]:
+    """Rows of one of the root's tables; with ``schema``, files written before a column was
+    added read it as null."""
     import pyarrow.dataset as pads
     import pyarrow.fs as pafs
 
     fs, path = filesystem(join(root, sub))
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         return None
-    ds = pads.dataset(path, filesystem=fs, format="parquet", partitioning="hive", exclude_invalid_files=False)
+    ds = pads.dataset(path, filesystem=fs, format="parquet", partitioning="hive", exclude_invalid_files=False, schema=schema)
     if not ds.files:
         return None
     return ds.to_table(columns=columns, filter=filter_expr)
@@ -62,41 +65,65 @@ def _read_table(root: str, sub: str, columns: list[str], filter_expr) -> Optiona
 
 @dataclass
 class TranscriptCache:
-    keys: np.ndarray  # uint64, sorted: key64(audio_sha256)
-    table: pa.Table  # TRANSCRIPT_COLUMNS, rows aligned with keys
-    asr_config_hash: str
+    """A file's utterances and their transcripts, by the file's sha256.
+
+    Each transcription of a file (one ASR batch writes all of a file's utterance rows at
+    once, with one ``created_at``) is kept whole: the newest complete one wins."""
+
+    keys: np.ndarray  # uint64, sorted, unique: key64(audio_sha256, asr_config_hash)
+    offsets: np.ndarray  # int64, len(keys) + 1: the rows of keys[i] are table[offsets[i]:offsets[i+1]]
+    table: pa.Table  # TRANSCRIPT_COLUMNS + asr_config_hash, grouped by file, utterances in order
 
     def __len__(self) -> int:
         return len(self.keys)
 
     @classmethod
-    def empty(cls, asr_config_hash: str) -> "TranscriptCache":
-        return cls(np.zeros(0, np.uint64), S.TRANSCRIPTS_FILE_SCHEMA.empty_table().select(list(TRANSCRIPT_COLUMNS)), asr_config_hash)
+    def empty(cls) -> "TranscriptCache":
+        return cls(np.zeros(0, np.uint64), np.zeros(1, np.int64),
+                   S.TRANSCRIPTS_FILE_SCHEMA.empty_table().select([*TRANSCRIPT_COLUMNS, "asr_config_hash"]))
 
     @classmethod
-    def load(cls, root: str, asr_config_hash: str) -> "TranscriptCache":
+    def load(cls, root: str, asr_config_hashes: Iterable[str]) -> "TranscriptCache":
+        """The transcripts made with any of the given settings (a run looks up two: files
+        transcribed whole, and segmented recordings)."""
         import pyarrow.dataset as pads
 
-        f = (pads.field("asr_config_hash") == asr_config_hash) & pads.field("error").is_null() & pads.field("text").is_valid()
-        t = _read_table(root, "transcripts", [*TRANSCRIPT_COLUMNS, "created_at"], f)
+        hashes = pa.array(sorted(set(asr_config_hashes)), pa.string())
+        f = pads.field("asr_config_hash").isin(hashes) & pads.field("error").is_null() & pads.field("text").is_valid()
+        cols = [*TRANSCRIPT_COLUMNS, "asr_config_hash"]
+        t = _read_table(root, "transcripts", [*cols, "created_at"], f, schema=S.TRANSCRIPTS_SCHEMA)
         if t is None or t.num_rows == 0:
-            return cls.empty(asr_config_hash)
-        # newest transcript per audio wins
-        t = t.sort_by([("audio_sha256", "ascending"), ("created_at", "descending")])
-        sha = t.column("audio_sha256").to_numpy(zero_copy_only=False)
-        first = np.ones(len(sha), bool)
-        first[1:] = sha[1:] != sha[:-1]
-        t = t.filter(pa.array(first)).select(list(TRANSCRIPT_COLUMNS))
-        keys = np.array([key64(s) for s in t.column("audio_sha256").to_pylist()], dtype=np.uint64)
-        order = np.argsort(keys, kind="stable")
-        return cls(keys[order], t.take(pa.array(order)), asr_config_hash)
+            return cls.empty()
+        # newest transcription per (file, settings) wins, kept whole (its utterances share created_at)
+        t = t.sort_by([("asr_config_hash", "ascending"), ("audio_sha256", "ascending"), ("created_at", "descending"),
+                       ("segment_index", "ascending")])
+        sha = pc.binary_join_element_wise(t.column("audio_sha256"), t.column("asr_config_hash"), "\x00")
+        sha = sha.to_numpy(zero_copy_only=False)
+        created = t.column("created_at").cast(pa.int64()).to_numpy()
+        new_file = np.ones(len(sha), bool)
+        new_file[1:] = sha[1:] != sha[:-1]
+        first_created = created[np.maximum.accumulate(np.where(new_file, np.arange(len(sha)), 0))]
+        keep = created == first_created
+        t = t.filter(pa.array(keep))
+        sha = sha[keep]
+        starts = np.flatnonzero(np.r_[True, sha[1:] != sha[:-1]])
+        counts = np.diff(np.r_[starts, len(sha)])
+        expected = t.column("segment_count").fill_null(1).to_numpy()[starts]
+        complete = counts == expected  # a file with a missing utterance is not a hit
+        keys = np.array([key64(*s.split("\x00")) for s in sha[starts]], dtype=np.uint64)
+        order = [i for i in np.argsort(keys, kind="stable") if complete[i]]
+        rows = np.concatenate([np.arange(starts[i], starts[i] + counts[i]) for i in order]) if order else np.zeros(0, np.int64)
+        offsets = np.r_[0, np.cumsum(counts[order])].astype(np.int64)
+        return cls(keys[order], offsets, t.select(cols).take(pa.array(rows, pa.int64())))
 
-    def get(self, audio_sha256: str) -> Optional[dict]:
-        i = int(_lookup(self.keys, np.array([key64(audio_sha256)], np.uint64))[0])
+    def get(self, audio_sha256: str, asr_config_hash: str) -> Optional[list[dict]]:
+        """The file's utterances (in order) with their transcripts under those settings, or None."""
+        i = int(_lookup(self.keys, np.array([key64(audio_sha256, asr_config_hash)], np.uint64))[0])
         if i < 0:
             return None
-        row = self.table.slice(i, 1).to_pylist()[0]
-        return row if row["audio_sha256"] == audio_sha256 else None
+        rows = self.table.slice(int(self.offsets[i]), int(self.offsets[i + 1] - self.offsets[i])).to_pylist()
+        ok = rows and rows[0]["audio_sha256"] == audio_sha256 and rows[0]["asr_config_hash"] == asr_config_hash
+        return rows if ok else None
 
 
 @dataclass

@@ -207,7 +207,15 @@ def print_summary(manifest: dict[str, Any], output: str, show: int = 20) -> None
             if c["output_rows"] > len(rows):
                 print(f"  ... {c['output_rows'] - len(rows)} more rows")
     status = ", ".join(f"{k} {v}" for k, v in sorted(c["status"].items()))
-    print(f"rows: {c['input_rows']} in, {c['output_rows']} out ({status})")
+    if manifest.get("kind") == "relabel":
+        print(f"rows: {c['input_rows']} utterances in, {c['output_rows']} rows out ({status})")
+    else:
+        seg = c.get("segmented_sources", 0)
+        print(f"files: {c['input_rows']} in -> {c['output_rows']} rows out ({status})"
+              + (f"; {seg} long recording(s) cut into utterances" if seg else ""))
+    drops = {k[len("dropped_"):]: v for k, v in (manifest.get("stage_counters", {}).get("asr") or {}).items() if k.startswith("dropped_")}
+    if drops:
+        print("segments dropped as junk: " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items())))
     if c.get("labels"):
         print("labels: " + ", ".join(f"{k} {v}" for k, v in sorted(c["labels"].items(), key=lambda kv: -kv[1])))
     if manifest.get("audio_seconds") is not None and manifest.get("wall_seconds"):
@@ -234,20 +242,23 @@ def print_summary(manifest: dict[str, Any], output: str, show: int = 20) -> None
 
 
 def read_rows(manifest: dict[str, Any], limit: int, root: Optional[str] = None) -> list[dict[str, Any]]:
-    """First rows of a committed run's labels partition, sorted by utt_id. The manifest's
+    """First rows of a committed run's labels partition, in file and time order. The manifest's
     table paths are redacted; with ``root`` (as given, credentials included) the partition
     is found from it instead."""
     import pyarrow.dataset as pads
 
+    from labeler import schema as S
     from labeler.io import filesystem
     from labeler.runs import read_run_rows
 
-    columns = ["utt_id", "label", "confidence", "text", "abstain_reason", "error"]
+    columns = ["utt_id", "source_id", "start_s", "label", "confidence", "text", "abstain_reason", "error"]
+    order = [("source_id", "ascending"), ("start_s", "ascending")]
     try:
         if root:
-            return read_run_rows(root, manifest, columns).slice(0, limit).to_pylist()
+            return read_run_rows(root, manifest, columns).sort_by(order).slice(0, limit).to_pylist()
         fs, path = filesystem(manifest["tables"]["labels"])
-        return pads.dataset(path, filesystem=fs, format="parquet").to_table(columns=columns).sort_by("utt_id").slice(0, limit).to_pylist()
+        t = pads.dataset(path, filesystem=fs, format="parquet", schema=S.LABELS_FILE_SCHEMA).to_table(columns=columns)
+        return t.sort_by(order).slice(0, limit).to_pylist()
     except (OSError, ValueError):
         return []
 

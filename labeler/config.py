@@ -25,6 +25,10 @@ class _Strict(BaseModel):
 
 Concurrency = Union[int, tuple[int, int]]
 
+SEGMENTER_VERSION = "words-v1"
+"""Names the segmentation algorithm (``labeler/segment.py``); part of the transcript-cache
+key: change it whenever the algorithm changes what utterances come out."""
+
 LLM_PROMPT_VERSION = "yesno-v1"
 """Names the llm backend's prompt text and scoring rule (``labeler/models/prompt.py``); part
 of the score-cache key: change it whenever either changes, so cached scores of the old prompt
@@ -38,6 +42,70 @@ class DecodeConfig(_Strict):
     concurrency: Concurrency = Field(1, description="decode actors: a fixed count, or (min, max) to autoscale (one keeps up with a CPU ASR actor; raise it on a cluster)")
     rows_per_block: int = Field(16, ge=1, le=100_000, description="input rows per decode batch")
     max_duration_s: float = Field(4 * 3600.0, gt=0, description="longer recordings become error rows instead of exhausting memory")
+
+#: Stock phrases Whisper is known to produce on silence, music and noise (its training data's
+#: subtitle credits and video outros). An utterance whose whole text is one of them is dropped.
+STOCK_PHRASES = (
+    "thanks for watching", "thank you for watching", "thank you so much for watching",
+    "thanks for watching and i'll see you next time", "please subscribe", "subscribe to my channel",
+    "like and subscribe", "don't forget to like and subscribe", "see you in the next video",
+    "subtitles by the amara.org community", "transcription by castingwords",
+    "please see the complete disclaimer", "you", "bye", "thank you", "so",
+)
+
+
+class SegmentConfig(_Strict):
+    """How a long recording becomes utterances (one labels row each).
+
+    A recording is cut into speech regions by Silero VAD (faster-whisper's), the regions are
+    transcribed with word timestamps (packed into shared 30-s windows like short clips), and
+    utterances are rebuilt from the word stream: cut at long pauses, at sentence ends once
+    long enough, never longer than ``max_s``; short pieces join a neighbour; each gets a
+    little padding. The lengths aim at what SER models are trained and evaluated on:
+    IEMOCAP turns average about 4.5 s, RAVDESS/CREMA-D clips 2-4 s, and SER front ends crop
+    3-10 s windows."""
+
+    mode: Literal["auto", "always", "off"] = Field("auto", description="auto: recordings longer than min_source_s are segmented, shorter clips stay one utterance spanning the clip (as before); always: every file is segmented; off: one row per file, transcribed whole")
+    min_source_s: float = Field(20.0, gt=0, description="auto mode: files longer than this are segmented (20 s: longer than any utterance-level SER corpus clip, so clips stay whole)")
+    vad_threshold: float = Field(0.5, gt=0, lt=1, description="Silero VAD speech probability threshold (its authors' default)")
+    vad_min_silence_ms: int = Field(300, ge=50, description="VAD: a silence this long ends a speech region (short, so regions stay sentence-sized and pack well; utterances are rebuilt from words anyway)")
+    vad_speech_pad_ms: int = Field(200, ge=0, description="VAD: padding on each side of a speech region, so word onsets and offsets are not clipped")
+    max_region_s: float = Field(29.0, ge=5, le=29.5, description="longest speech region sent to ASR (VAD splits longer speech at its quietest point); at most Whisper's 30-s window")
+    split_gap_s: float = Field(0.7, gt=0, description="a pause between words this long always ends an utterance (sentence pauses in read and conversational speech are 0.5-1 s; within-sentence pauses rarely reach 0.7 s)")
+    target_min_s: float = Field(3.0, gt=0, description="a sentence end (. ! ?) ends an utterance once it is this long (the lower end of the 3-10 s aim)")
+    target_max_s: float = Field(10.0, gt=0, description="past this length an utterance ends at the next clause end (, ; :) or pause of 0.3 s (the upper end of the aim)")
+    max_s: float = Field(15.0, gt=0, description="never longer: a longer piece is split at its largest pause (15 s: IEMOCAP's longest turns; SER crops beyond this are wasted)")
+    min_s: float = Field(1.5, ge=0, description="shorter pieces join the neighbour across the smaller pause (if the result stays under max_s and the pause under merge_gap_s), else are dropped as too_short (1.5 s: shorter speech carries too little prosody for SER)")
+    merge_gap_s: float = Field(2.0, ge=0, description="a short piece joins a neighbour only across a pause up to this long")
+    pad_s: float = Field(0.2, ge=0, le=1, description="padding before and after an utterance, never past the midpoint to a neighbour or the file's ends")
+    max_word_s: float = Field(1.5, gt=0, description="a word's timestamp is capped to this duration (word ends stretch into the following silence)")
+    min_words: int = Field(2, ge=1, description="utterances with fewer words are dropped (too_few_words): a single word gives the entailment model almost nothing to read")
+    max_chars_per_s: float = Field(25.0, gt=0, description="faster text than this is a hallucination (implausible_rate): fast speech is about 15-20 characters per second")
+    max_compression_ratio: float = Field(2.4, gt=0, description="gzip compression ratio above this is repetitive text (compression_ratio; Whisper's own threshold)")
+    max_repeats: int = Field(3, ge=1, description="a 1-4 word n-gram repeated more than this many times in a row is a repetition loop (repetition)")
+    no_speech_prob: float = Field(0.6, ge=0, le=1, description="Whisper's no-speech rule: dropped (no_speech) when the no-speech probability is above this ...")
+    logprob_threshold: float = Field(-1.0, description="... and the average word log-probability below this")
+    stock_phrases: list[str] = Field(default_factory=lambda: list(STOCK_PHRASES), description="texts Whisper produces on silence and music; an utterance that is only one of them is dropped (stock_phrase)")
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare ``off`` as false (and ``on`` as true): take them as meant
+        return {False: "off", True: "always"}.get(v, v) if isinstance(v, bool) else v
+
+    @model_validator(mode="after")
+    def _lengths_ok(self) -> "SegmentConfig":
+        if not self.min_s <= self.target_min_s <= self.target_max_s <= self.max_s:
+            raise ValueError(f"need min_s <= target_min_s <= target_max_s <= max_s, got {self.min_s}, {self.target_min_s}, {self.target_max_s}, {self.max_s}")
+        return self
+
+    def applies(self, duration_s: float) -> bool:
+        """Whether a file of this duration is segmented."""
+        return self.mode == "always" or (self.mode == "auto" and duration_s > self.min_source_s)
+
+    def cache_key(self) -> dict[str, Any]:
+        """Every setting, and the segmenter's version: all of them change the utterances."""
+        return {"version": SEGMENTER_VERSION, **self.model_dump(mode="json")}
 
 
 class AsrConfig(_Strict):
@@ -183,6 +251,7 @@ class LabelConfig(_Strict):
     run_id: Optional[str] = Field(None, description="run id; null = a new time-sortable id")
     decode: DecodeConfig = Field(default_factory=DecodeConfig)
     asr: AsrConfig = Field(default_factory=AsrConfig)
+    segment: SegmentConfig = Field(default_factory=SegmentConfig)
     scorer: ScorerConfig = Field(default_factory=ScorerConfig)
     abstain: AbstainConfig = Field(default_factory=AbstainConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
@@ -214,9 +283,17 @@ class LabelConfig(_Strict):
             "input": source if source is not None else self.input,
             "taxonomy": [taxonomy.name, taxonomy.version, taxonomy.template_hash],
             "asr": self.asr.cache_key() if kind == "label" else None,
+            "segment": self.segment.cache_key() if kind == "label" else None,
             "scorer": self.scorer.cache_key(),
             "abstain": self.abstain.model_dump(),
         })
+
+    def segmented_hash(self) -> str:
+        """The ``asr_config_hash`` of a segmented recording's utterances: every ASR and
+        segmentation setting that changes them. A file transcribed whole keeps
+        ``asr.config_hash()`` (segmentation settings do not change its transcript), so a
+        segmentation change invalidates the cached transcripts of segmented recordings only."""
+        return _hash({"asr": self.asr.cache_key(), "segment": self.segment.cache_key()})
 
     def require_io(self) -> None:
         missing = [n for n in ("input", "output") if not getattr(self, n)]

@@ -46,7 +46,7 @@ def run_labeling(cfg: LabelConfig) -> RunResult:
 
 #: What a relabel takes from its source run: the utterance, its audio identity and its
 #: transcript, as stored in the labels table.
-RELABEL_COLUMNS = ["utt_id", "uri", "audio_sha256", "duration_s", *S.TRANSCRIPT_COLUMNS, "error", "asr_model", "asr_config_hash"]
+RELABEL_COLUMNS = ["utt_id", "uri", *S.SPAN_COLUMNS, "audio_sha256", "duration_s", *S.TRANSCRIPT_COLUMNS, "error", "asr_model", "asr_config_hash"]
 
 
 def run_relabel(cfg: LabelConfig, from_run: Optional[str] = None) -> RunResult:
@@ -67,6 +67,7 @@ def run_relabel(cfg: LabelConfig, from_run: Optional[str] = None) -> RunResult:
         key=cfg.run_key(taxonomy, kind="relabel", source=source["run_id"]),
         read_inputs=lambda: read_run_rows(cfg.output, source, RELABEL_COLUMNS),
         stages=(EntailStage,),
+        unit="utt_id",  # one row per stored utterance
         caches=("scores",),
         # every transcript of a relabel is a stored one
         preset_cache_counts=lambda rows: {"transcripts_from_cache": rows, "transcribed": 0},

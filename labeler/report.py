@@ -72,7 +72,11 @@ def build_report(manifest: dict[str, Any]) -> dict[str, Any]:
         "committed_at": manifest.get("committed_at"),
         "taxonomy": {"name": tax.get("name"), "version": tax.get("version")},
         "models": manifest.get("models", {}),
-        "rows": {k: counts.get(k) for k in ("input_rows", "output_rows", "processed_rows", "resumed_rows")},
+        "rows": {k: counts.get(k) for k in ("input_rows", "output_rows", "processed_rows", "resumed_rows",
+                                            "sources", "utterances", "segmented_sources")},
+        "utterance_length_histogram": manifest.get("utterance_length_histogram"),
+        "segments_dropped": {k[len("dropped_"):]: v for k, v in (manifest.get("stage_counters", {}).get("asr") or {}).items()
+                             if k.startswith("dropped_")},
         "outcomes": outcomes(counts),
         # every label of the taxonomy, in its order, zeros included
         "label_distribution": {name: int(labels.get(name, 0)) for name in tax.get("labels", sorted(labels))},
@@ -106,14 +110,15 @@ def write_report(root: str, manifest: dict[str, Any]) -> dict[str, str]:
 
 
 def render_png(report: dict[str, Any]) -> bytes:
-    """A 2x2 figure: label distribution, confidence histogram, outcomes, per-stage busy time."""
+    """A 3x2 figure: label distribution, confidence histogram, outcomes, per-stage busy time,
+    utterance lengths, and the segments dropped as junk (by reason)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     labels = report["label_distribution"]
     n_labels = max(len(labels), 1)
-    fig = Figure(figsize=(13, max(7.5, 4 + 0.26 * n_labels)), dpi=100, layout="constrained")
+    fig = Figure(figsize=(13, max(11, 7.5 + 0.26 * n_labels)), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     tp = report["throughput"]
     rows = report["rows"]
@@ -123,7 +128,7 @@ def render_png(report: dict[str, Any]) -> bytes:
                 + f"  |  ASR {report['models'].get('asr')}  |  scorer {report['models'].get('scorer')}")
     fig.suptitle(f"lanser {report['kind']} run {report['run_id']}  -  {report['taxonomy']['name']} "
                  f"v{report['taxonomy']['version']}\n{subtitle}", fontsize=11)
-    ax_lab, ax_conf, ax_out, ax_stage = fig.subplots(2, 2).ravel()
+    ax_lab, ax_conf, ax_out, ax_stage, ax_len, ax_drop = fig.subplots(3, 2).ravel()
 
     names = list(labels)[::-1]  # taxonomy order, top to bottom
     values = [labels[n] for n in names]
@@ -163,6 +168,21 @@ def render_png(report: dict[str, Any]) -> bytes:
     _barh(ax_stage, snames, busy, "#8172B3", notes, integer=False)
     ax_stage.set_title("Busy time per stage, summed over workers")
     ax_stage.set_xlabel("seconds")
+
+    lengths = report.get("utterance_length_histogram") or {"bins_s": [0, None], "counts": [0]}
+    edges, counts = lengths["bins_s"], lengths["counts"]
+    ax_len.bar(range(len(counts)), counts, width=0.9, align="edge", color="#64B5CD")
+    ax_len.set_xticks(range(len(counts) + 1), [str(e) if e is not None else "" for e in edges[:-1]] + ["+"], fontsize=8)
+    ax_len.set_title(f"Utterance length ({sum(counts)} utterances)")
+    ax_len.set_xlabel("seconds")
+    ax_len.set_ylabel("utterances")
+    ax_len.yaxis.set_major_locator(MaxNLocator(integer=True))
+
+    drops = report.get("segments_dropped") or {"(none)": 0}
+    dvals = list(drops.values())[::-1]
+    _barh(ax_drop, list(drops)[::-1], dvals, "#937860", [str(v) for v in dvals])
+    ax_drop.set_title("Segments of long recordings dropped as junk, by reason")
+    ax_drop.set_xlabel("segments")
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()

@@ -67,6 +67,7 @@ class RunPlan:
     caches: tuple[str, ...] = ("transcripts", "scores")  # caches the stages look up
     preset_cache_counts: Callable[[int], dict[str, int]] = lambda rows: {}  # counters known before any stage runs
     manifest: dict[str, Any] = field(default_factory=dict)  # fields of this kind of run (source run, models)
+    unit: str = "source_id"  # what one input row is: a file (label: it gives 1..N rows) or an utterance (relabel: 1 row)
 
 
 def run(cfg: LabelConfig, plan: RunPlan) -> RunResult:
@@ -80,12 +81,12 @@ def run(cfg: LabelConfig, plan: RunPlan) -> RunResult:
     started = time.time()
     run_id, lock = claim_run(cfg.output, plan.key, plan.kind, cfg.run_id)
     try:
-        todo, resumed_rows = remaining(inputs, cfg.output, run_id)
+        todo, resumed_rows = remaining(inputs, cfg.output, run_id, plan.unit, cfg.out.compression)
         t0 = time.perf_counter()
         rows, side, sizes = execute(cfg, plan, run_id, todo) if todo.num_rows else ({"rows": 0}, {}, {})
         wall = time.perf_counter() - t0
         manifest = build_manifest(cfg, plan, run_id, inputs.num_rows, resumed_rows, rows, side, sizes, wall, started)
-        manifest = commit(cfg.output, run_id, plan.taxonomy, cfg.scorer.key_hash(), inputs.num_rows, manifest)
+        manifest = commit(cfg.output, run_id, plan.taxonomy, cfg.scorer.key_hash(), inputs.num_rows, manifest, plan.unit)
     finally:
         lock.release()
     write_report_or_warn(cfg.output, manifest)
@@ -132,7 +133,8 @@ def load_caches(cfg: LabelConfig, plan: RunPlan) -> tuple[StageContext, dict[str
 
     ctx, sizes = StageContext(taxonomy=plan.taxonomy), {}
     if "transcripts" in plan.caches:
-        tc = TranscriptCache.load(cfg.output, cfg.asr.config_hash()) if cfg.cache.transcripts else TranscriptCache.empty("")
+        hashes = (cfg.asr.config_hash(), cfg.segmented_hash())  # files transcribed whole, segmented recordings
+        tc = TranscriptCache.load(cfg.output, hashes) if cfg.cache.transcripts else TranscriptCache.empty()
         ctx.transcript_cache, sizes["transcripts"] = (ray.put(tc) if len(tc) else None), len(tc)
     if "scores" in plan.caches:
         sc = ScoreCache.load(cfg.output, cfg.scorer.key_hash(), plan.taxonomy.hypotheses) if cfg.cache.scores else None
@@ -248,24 +250,80 @@ def staged_parts(root: str, run_id: str) -> tuple[Any, list[str]]:
     return fs, sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
 
 
-def staged_utt_ids(root: str, run_id: str) -> pa.ChunkedArray:
-    import pyarrow.dataset as pads
+def staged_ids(fs, paths: list[str]) -> pa.Table:
+    """``utt_id`` and ``source_id`` of every staged labels row, with the part it is in."""
+    import pyarrow.parquet as pq
+
+    tables = []
+    for k, path in enumerate(paths):
+        t = pq.read_table(path, filesystem=fs, columns=["utt_id", "source_id"])
+        tables.append(t.append_column("part", pa.array([k] * t.num_rows, pa.int32())))
+    if not tables:
+        return pa.table({"utt_id": pa.array([], pa.string()), "source_id": pa.array([], pa.string()), "part": pa.array([], pa.int32())})
+    return pa.concat_tables(tables)
+
+
+def unit_counts(ids: pa.Table, unit: str, segmented: dict[str, int]) -> tuple[set[str], set[str]]:
+    """(complete, incomplete) units among the staged rows: a unit (a file for a label run, an
+    utterance for a relabel) is complete when it has as many rows as it gives in all (its
+    utterances, from the parts' ``segmented`` summaries; one row otherwise)."""
+    import pyarrow.compute as pc
+
+    if ids.num_rows == 0:
+        return set(), set()
+    vc = pc.value_counts(ids.column(unit).combine_chunks())
+    complete, incomplete = set(), set()
+    for value, count in zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist()):
+        want = segmented.get(value, 1) if unit == "source_id" else 1
+        (complete if count == want else incomplete).add(value)
+    return complete, incomplete
+
+
+def settle_staged(root: str, run_id: str, unit: str, compression: str = "zstd") -> set[str]:
+    """The units a killed attempt staged completely. A file whose utterances were cut short
+    (some parts written, others not) has its staged rows removed, so the resumed run writes
+    it again whole: each part holding such rows is rewritten without them (atomically, under
+    its own name, its footer summary recomputed)."""
+    import pyarrow.parquet as pq
+
+    from labeler.sink import read_part_summaries, summarize_rows, write_part
 
     fs, paths = staged_parts(root, run_id)
     if not paths:
-        return pa.chunked_array([], pa.string())
-    return pads.dataset(paths, filesystem=fs, format="parquet", schema=S.LABELS_FILE_SCHEMA).to_table(columns=["utt_id"]).column("utt_id")
+        return set()
+    summaries = read_part_summaries(fs, paths)
+    segmented = {k: v for p in summaries for k, v in p.get("segmented", {}).items()}
+    ids = staged_ids(fs, paths)
+    complete, incomplete = unit_counts(ids, unit, segmented)
+    if incomplete:
+        import pyarrow.compute as pc
+
+        bad = pa.array(sorted(incomplete), pa.string())
+        hit = ids.filter(pc.is_in(ids.column(unit), value_set=bad)).column("part").unique().to_pylist()
+        for k in hit:
+            table = pq.read_table(paths[k], filesystem=fs)
+            keep = table.filter(pc.invert(pc.is_in(table.column(unit), value_set=bad)))
+            if keep.num_rows == 0:
+                fs.delete_file(paths[k])
+                continue
+            still = {s: n for s, n in summaries[k].get("segmented", {}).items() if s not in incomplete}
+            write_part(posixpath.dirname(paths[k]), posixpath.basename(paths[k]), keep.replace_schema_metadata(None),
+                       summarize_rows(keep, still), compression)
+    return complete
 
 
-def remaining(inputs: pa.Table, root: str, run_id: str) -> tuple[pa.Table, int]:
-    """Input rows not yet in the staged parts of ``run_id`` (a resumed run skips them)."""
+def remaining(inputs: pa.Table, root: str, run_id: str, unit: str = "source_id", compression: str = "zstd") -> tuple[pa.Table, int]:
+    """Input rows (keyed by ``utt_id``: a file's id for a label run, an utterance's for a
+    relabel) not yet completely in the staged parts of ``run_id`` (a resumed run skips them).
+    Returns them and how many were skipped."""
     import pyarrow.compute as pc
 
-    done = staged_utt_ids(root, run_id)
-    if len(done) == 0:
+    done = settle_staged(root, run_id, unit, compression)
+    if not done:
         return inputs, 0
-    keep = pc.invert(pc.is_in(inputs.column("utt_id"), value_set=done.combine_chunks()))
-    return inputs.filter(keep), len(done)
+    keep = pc.invert(pc.is_in(inputs.column("utt_id"), value_set=pa.array(sorted(done), pa.string())))
+    todo = inputs.filter(keep)
+    return todo, inputs.num_rows - todo.num_rows
 
 
 # ----------------------------------------------------------------------------- manifest and commit
@@ -289,7 +347,7 @@ def build_manifest(cfg: LabelConfig, plan: RunPlan, run_id: str, input_rows: int
         "input": redact(cfg.input) if cfg.input else None,
         "output": redact(cfg.output),
         "taxonomy": plan.taxonomy.to_dict(),
-        "models": {"asr": cfg.asr.model, "asr_config_hash": cfg.asr.config_hash(),
+        "models": {"asr": cfg.asr.model, "asr_config_hash": cfg.asr.config_hash(), "segmented_asr_config_hash": cfg.segmented_hash(),
                    "scorer": f"{cfg.scorer.backend}:{cfg.scorer.model}", "scorer_key": cfg.scorer.key_hash()},
         "config": redact_config(cfg),
         "counts": {"input_rows": input_rows, "resumed_rows": resumed_rows, "processed_rows": rows.get("rows", 0)},
@@ -308,8 +366,10 @@ def build_manifest(cfg: LabelConfig, plan: RunPlan, run_id: str, input_rows: int
     return manifest
 
 
-def commit(root: str, run_id: str, taxonomy: Taxonomy, scorer_key: str, expected_rows: int, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Publish a staged run: check every row is there exactly once, move the partitions into
+def commit(root: str, run_id: str, taxonomy: Taxonomy, scorer_key: str, expected_rows: int, manifest: dict[str, Any],
+           unit: str = "source_id") -> dict[str, Any]:
+    """Publish a staged run: check every input (``unit``) is there exactly once and whole
+    (all of a file's utterances) and every utt_id once, move the partitions into
     place, write the manifest last. The run's totals come from the row summaries in the
     footers of its staged parts (every attempt's), not from reading the rows again."""
     import pyarrow.compute as pc
@@ -318,10 +378,14 @@ def commit(root: str, run_id: str, taxonomy: Taxonomy, scorer_key: str, expected
 
     fs, paths = staged_parts(root, run_id)
     totals = merge_stats(read_part_summaries(fs, paths))
-    unique = pc.count_distinct(staged_utt_ids(root, run_id)).as_py() if paths else 0
-    if totals["rows"] != expected_rows or unique != totals["rows"]:
+    ids = staged_ids(fs, paths)
+    complete, incomplete = unit_counts(ids, unit, totals["segmented"])
+    unique = pc.count_distinct(ids.column("utt_id")).as_py() if ids.num_rows else 0
+    if len(complete) != expected_rows or incomplete or unique != ids.num_rows:
+        what = "files" if unit == "source_id" else "utterances"
         raise CommitError(
-            f"run {run_id}: {expected_rows} input rows but {totals['rows']} rows staged ({unique} distinct utt_id); "
+            f"run {run_id}: {expected_rows} input {what} but {len(complete)} staged completely"
+            f"{f' and {len(incomplete)} cut short' if incomplete else ''} ({ids.num_rows} rows, {unique} distinct utt_id); "
             f"nothing was published (staged files are under {redact(S.staging_dir(root, run_id))})"
         )
     _, stage = filesystem(S.staging_dir(root, run_id))
@@ -341,6 +405,9 @@ def commit(root: str, run_id: str, taxonomy: Taxonomy, scorer_key: str, expected
     manifest["counts"] = {
         **manifest.get("counts", {}),
         "output_rows": totals["rows"],
+        "sources": totals["sources"],
+        "utterances": totals["utterances"],
+        "segmented_sources": len(totals["segmented"]),
         "status": totals["status"],
         "labels": totals["labels"],
         "abstain_reasons": totals["abstain_reasons"],
@@ -348,6 +415,10 @@ def commit(root: str, run_id: str, taxonomy: Taxonomy, scorer_key: str, expected
     }
     manifest["confidence_histogram"] = {"bins": [i / 10 for i in range(11)], "counts": totals["confidence_hist"]}
     manifest["audio_seconds"] = round(totals["audio_seconds"], 3)
+    manifest["utterance_seconds"] = round(totals["utterance_seconds"], 3)
+    from labeler.sink import LENGTH_BINS
+
+    manifest["utterance_length_histogram"] = {"bins_s": [0, *LENGTH_BINS, None], "counts": totals["utterance_length_hist"]}
     manifest.update(status="committed", committed_at=now_utc().isoformat(), tables=published)
     write_json_atomic(S.manifest_path(root, run_id), manifest)
     return manifest
@@ -463,8 +534,19 @@ def labels_uri(root: str, manifest: dict[str, Any]) -> str:
 
 
 def read_run_rows(root: str, manifest: dict[str, Any], columns: list[str]) -> pa.Table:
-    """The given columns of a committed run's labels partition, sorted by ``utt_id``."""
+    """The given columns of a committed run's labels partition, sorted by ``utt_id``. Runs
+    written before the utterance columns existed read as one utterance per file: their
+    ``source_id`` is the ``utt_id``, the span the whole file (null on an error row)."""
+    import pyarrow.compute as pc
     import pyarrow.dataset as pads
 
     fs, path = filesystem(labels_uri(root, manifest))
-    return pads.dataset(path, filesystem=fs, format="parquet").to_table(columns=columns).sort_by("utt_id")
+    t = pads.dataset(path, filesystem=fs, format="parquet", schema=S.LABELS_FILE_SCHEMA).to_table(
+        columns=sorted(set(columns) | {"utt_id", "source_id", "segment_index", "start_s", "end_s", "duration_s", "error"}))
+    if t.num_rows and t.column("source_id").null_count == t.num_rows:  # an older run
+        ok = pc.is_null(t.column("error"))
+        t = t.set_column(t.column_names.index("source_id"), "source_id", t.column("utt_id"))
+        t = t.set_column(t.column_names.index("segment_index"), "segment_index", pc.if_else(ok, pa.scalar(0, pa.int32()), pa.scalar(None, pa.int32())))
+        t = t.set_column(t.column_names.index("start_s"), "start_s", pc.if_else(ok, 0.0, pa.scalar(None, pa.float64())))
+        t = t.set_column(t.column_names.index("end_s"), "end_s", pc.if_else(ok, t.column("duration_s"), pa.scalar(None, pa.float64())))
+    return t.select(columns).sort_by("utt_id")

@@ -40,10 +40,14 @@ TIMESTAMP = pa.timestamp("us", tz="UTC")
 #: Columns of the labels table stored in the files, in order.
 LABELS_FILE_SCHEMA = pa.schema(
     [
-        pa.field("utt_id", pa.string(), nullable=False, metadata={"doc": "stable utterance id (given in the manifest, or derived from the URI)"}),
+        pa.field("utt_id", pa.string(), nullable=False, metadata={"doc": "stable utterance id: the source_id for a file that is one utterance (a short clip, an error row), {source_id}@{start_ms}-{end_ms} for an utterance of a segmented recording"}),
         pa.field("uri", pa.string(), nullable=False, metadata={"doc": "where the audio was read from (credentials stripped)"}),
+        pa.field("source_id", pa.string(), nullable=False, metadata={"doc": "stable id of the input file (given in the manifest, or derived from the URI); a file's utterances share it"}),
+        pa.field("segment_index", pa.int32(), metadata={"doc": "0-based order of the utterance in its file; null on a file's error or no-speech row"}),
+        pa.field("start_s", pa.float64(), metadata={"doc": "utterance start in the file, seconds (0 for a short clip)"}),
+        pa.field("end_s", pa.float64(), metadata={"doc": "utterance end in the file, seconds (the duration for a short clip)"}),
         pa.field("audio_sha256", pa.string(), metadata={"doc": "sha256 of the audio file's bytes; null when it could not be read"}),
-        pa.field("duration_s", pa.float64(), metadata={"doc": "duration after decoding, seconds"}),
+        pa.field("duration_s", pa.float64(), metadata={"doc": "duration of the whole file after decoding, seconds (the utterance's is end_s - start_s)"}),
         pa.field("text", pa.string(), metadata={"doc": "ASR transcript (the entailment premise)"}),
         pa.field("language", pa.string(), metadata={"doc": "spoken language (given or detected)"}),
         pa.field("language_prob", pa.float32(), metadata={"doc": "ASR language-detection probability"}),
@@ -81,6 +85,11 @@ TRANSCRIPTS_FILE_SCHEMA = pa.schema(
         pa.field("audio_sha256", pa.string(), nullable=False),
         pa.field("utt_id", pa.string(), nullable=False),
         pa.field("uri", pa.string(), nullable=False),
+        pa.field("source_id", pa.string()),
+        pa.field("segment_index", pa.int32()),
+        pa.field("segment_count", pa.int32()),  # utterance rows of the file (1 for a short clip or a no-speech file)
+        pa.field("start_s", pa.float64()),
+        pa.field("end_s", pa.float64()),
         pa.field("duration_s", pa.float64()),
         pa.field("asr_model", pa.string()),
         pa.field("asr_config_hash", pa.string()),
@@ -115,10 +124,21 @@ SCORES_FILE_SCHEMA = pa.schema(
 SCORES_PARTITIONING = pa.schema([pa.field("scorer_key", pa.string()), pa.field("run_id", pa.string())])
 
 
+#: Where an utterance is in its file: the columns a segmented recording's rows add.
+SPAN_COLUMNS = ("source_id", "segment_index", "start_s", "end_s")
+
 #: Columns that only travel between stages, never stored: ``audio``, the decoded waveform
-#: (raw float32 little-endian samples at 16 kHz; dropped by ASR, tables keep the URI), and
-#: ``parent_row``, with which a stage that splits rows (1 -> N) names each output row's input row.
-INTERNAL_COLUMNS = pa.schema([pa.field("audio", pa.large_binary()), pa.field("parent_row", pa.int64())])
+#: (raw float32 little-endian samples at 16 kHz; dropped by ASR, tables keep the URI);
+#: ``speech``, a recording's speech regions (start_s, end_s) to segment, null for a file
+#: transcribed whole; ``source_utterances``, how many rows the row's file gives in all (the
+#: commit checks every file is complete); and ``parent_row``, with which a stage that splits
+#: rows (1 -> N) names each output row's input row.
+INTERNAL_COLUMNS = pa.schema([
+    pa.field("audio", pa.large_binary()),
+    pa.field("speech", pa.list_(pa.list_(pa.float64(), 2))),
+    pa.field("source_utterances", pa.int32()),
+    pa.field("parent_row", pa.int64()),
+])
 
 
 def column_type(name: str) -> pa.DataType:

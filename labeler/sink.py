@@ -51,19 +51,40 @@ class LabelsSink(Datasink):
         table = pa.concat_tables(tables, promote_options="default")
         created = pa.array([dt.datetime.now(dt.timezone.utc)] * table.num_rows, S.TIMESTAMP)
         labels = S.conform(redact_uri_column(table.append_column("created_at", created)), S.LABELS_FILE_SCHEMA)
-        summary = summarize_rows(labels)
-        labels = labels.replace_schema_metadata({SUMMARY_KEY: json.dumps(summary).encode()})
+        summary = summarize_rows(labels, segmented_sources(table))
         name = f"part-{self.attempt}-{ctx.task_idx:05d}.parquet"
-        write_parquet_atomic(self.directory, name, labels, self.compression)
+        write_part(self.directory, name, labels, summary, self.compression)
         return {**summary, "files": [("labels", name, labels.num_rows)]}
 
     def on_write_complete(self, write_result) -> None:
         self.stats = merge_stats(write_result.write_returns)
 
 
-def summarize_rows(table: pa.Table) -> dict[str, Any]:
+def write_part(directory: str, name: str, labels: pa.Table, summary: dict[str, Any], compression: str) -> None:
+    """A labels part with its row summary in the footer, written atomically."""
+    labels = labels.replace_schema_metadata({SUMMARY_KEY: json.dumps(summary).encode()})
+    write_parquet_atomic(directory, name, labels, compression)
+
+
+def segmented_sources(table: pa.Table) -> dict[str, int]:
+    """{source_id: its utterance rows} for the files of ``table`` that give several rows: with
+    them the commit (and a resumed run) tells a complete file from one cut short."""
+    if "source_utterances" not in table.column_names:
+        return {}
+    n = table.column("source_utterances").to_pylist()
+    return {s: k for s, k in zip(table.column("source_id").to_pylist(), n) if k is not None and k > 1}
+
+
+#: Upper edges of the utterance-length histogram, seconds (the last bin is everything longer).
+LENGTH_BINS = tuple(range(1, 16))
+
+
+def summarize_rows(table: pa.Table, segmented: dict[str, int] | None = None) -> dict[str, Any]:
     """Counts and sums of the rows of one labels part (added up by :func:`merge_stats`)."""
     status = table.column("status").to_pylist()
+    index = table.column("segment_index").to_pylist()
+    lengths = [e - s for s, e, k in zip(table.column("start_s").to_pylist(), table.column("end_s").to_pylist(), index)
+               if k is not None and s is not None and e is not None]
     conf = [c for c, s in zip(table.column("confidence").to_pylist(), status) if s == S.STATUS_LABELED]
     errors = [e for e in table.column("error").to_pylist() if e]
     return {
@@ -73,7 +94,13 @@ def summarize_rows(table: pa.Table) -> dict[str, Any]:
         "abstain_reasons": dict(Counter(x for x in table.column("abstain_reason").to_pylist() if x is not None)),
         "error_stages": dict(Counter(e.split(":", 1)[0] for e in errors)),
         "confidence_hist": histogram(conf),
-        "audio_seconds": float(sum(d for d in table.column("duration_s").to_pylist() if d is not None)),
+        # a file's duration counts once: on its first row (segment 0, or its only row)
+        "audio_seconds": float(sum(d for d, k in zip(table.column("duration_s").to_pylist(), index) if d is not None and not k)),
+        "sources": sum(1 for k in index if not k),
+        "utterances": len(lengths),
+        "utterance_seconds": float(sum(lengths)),
+        "utterance_length_hist": [sum(1 for x in lengths if lo <= x < hi) for lo, hi in zip((0, *LENGTH_BINS), (*LENGTH_BINS, float("inf")))],
+        "segmented": dict(segmented or {}),
         "errors_sample": errors[:5],
     }
 
@@ -92,7 +119,9 @@ _COUNTERS = ("status", "labels", "abstain_reasons", "error_stages")
 def merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """The sum of part summaries (and the files they name)."""
     total: dict[str, Any] = {"rows": 0, **{k: Counter() for k in _COUNTERS}, "confidence_hist": [0] * 10,
-                             "audio_seconds": 0.0, "errors_sample": [], "files": []}
+                             "audio_seconds": 0.0, "sources": 0, "utterances": 0, "utterance_seconds": 0.0,
+                             "utterance_length_hist": [0] * (len(LENGTH_BINS) + 1), "segmented": {},
+                             "errors_sample": [], "files": []}
     for p in parts:
         if not p or not p.get("rows"):
             continue
@@ -100,7 +129,10 @@ def merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
         for k in _COUNTERS:
             total[k].update(p.get(k, {}))
         total["confidence_hist"] = [a + b for a, b in zip(total["confidence_hist"], p["confidence_hist"])]
-        total["audio_seconds"] += p["audio_seconds"]
+        total["utterance_length_hist"] = [a + b for a, b in zip(total["utterance_length_hist"], p["utterance_length_hist"])]
+        for k in ("audio_seconds", "sources", "utterances", "utterance_seconds"):
+            total[k] += p[k]
+        total["segmented"].update(p["segmented"])
         total["errors_sample"] = (total["errors_sample"] + p["errors_sample"])[:10]
         total["files"] += p.get("files", [])
     for k in _COUNTERS:

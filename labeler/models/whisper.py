@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
@@ -13,6 +13,7 @@ from labeler.audio import SAMPLE_RATE
 from labeler.config import AsrConfig
 from labeler.errors import DeviceError, ModelLoadError
 from labeler.models.registry import resolve_model
+from labeler.segment import Word
 
 LONG_AUDIO_S = 30.0
 # Whisper's own fallback thresholds (openai/whisper transcribe.py defaults).
@@ -29,6 +30,7 @@ class ASRResult:
     no_speech_prob: Optional[float]
     num_segments: int
     packed: bool = False  # decoded in a shared window (False: on its own)
+    words: Optional[tuple] = None  # labeler.segment.Word per word, times in the clip; when asked for
 
 
 def resolve_device(device: str) -> str:
@@ -194,8 +196,9 @@ class WhisperASR:
         self.stats = {"packed_clips": 0, "packed_windows": 0, "alone_clips": 0, "redecoded_clips": 0}
 
     # -- one clip -------------------------------------------------------------------
-    def transcribe(self, waveform: np.ndarray) -> ASRResult:
-        """One clip decoded on its own (long recordings through VAD-chunked batching)."""
+    def transcribe(self, waveform: np.ndarray, words: bool = False) -> ASRResult:
+        """One clip decoded on its own (long recordings through VAD-chunked batching); with
+        ``words``, the result carries word timestamps (times in the clip)."""
         duration = len(waveform) / SAMPLE_RATE
         common = dict(
             language=self.language,
@@ -204,27 +207,38 @@ class WhisperASR:
             vad_parameters=self.vad_parameters,
             condition_on_previous_text=self.condition_on_previous_text,
         )
+        if words:
+            common["word_timestamps"] = True
         if duration > LONG_AUDIO_S:
             segments, info = self.pipeline.transcribe(
                 waveform, batch_size=self.chunk_batch_size, **{**common, "vad_filter": True}
             )
         else:
             segments, info = self.model.transcribe(waveform, **common)
-        return summarize(list(segments), info)
+        segments = list(segments)
+        result = summarize(segments, info)
+        if words:
+            result = replace(result, words=tuple(
+                Word(float(w.start), float(w.end), w.word, float(w.probability), float(s.no_speech_prob))
+                for s in segments for w in (s.words or [])))
+        return result
 
     # -- many clips -----------------------------------------------------------------
-    def transcribe_batch(self, waveforms: Sequence[np.ndarray]) -> list[Union[ASRResult, Exception]]:
-        """One result per clip, in order; a clip that fails yields its exception, not a raise."""
+    def transcribe_batch(self, waveforms: Sequence[np.ndarray],
+                         words: Optional[Sequence[bool]] = None) -> list[Union[ASRResult, Exception]]:
+        """One result per clip, in order; a clip that fails yields its exception, not a raise.
+        ``words[i]`` asks for clip ``i``'s word timestamps (speech regions of long recordings)."""
+        want = list(words) if words is not None else [False] * len(waveforms)
         results: list[Union[ASRResult, Exception, None]] = [None] * len(waveforms)
         alone = list(range(len(waveforms)))
         if self.pack_clips and len(waveforms) > 1:
             durations = [len(w) / SAMPLE_RATE for w in waveforms]
             windows, alone = plan_windows(durations, self.pack_window_s, self.pack_gap_s)
             if windows:
-                alone += self._transcribe_packed(waveforms, windows, results)
+                alone += self._transcribe_packed(waveforms, windows, results, want)
         for i in sorted(alone):
             try:
-                results[i] = self.transcribe(waveforms[i])
+                results[i] = self.transcribe(waveforms[i], words=want[i])
             except Exception as exc:  # per-clip failure is data; a failing device stops the job
                 if is_device_failure(exc):
                     raise device_error("decoding", exc) from exc
@@ -233,7 +247,7 @@ class WhisperASR:
         return results  # type: ignore[return-value]
 
     def _transcribe_packed(self, waveforms: Sequence[np.ndarray], windows: list[list[int]],
-                           results: list[Union[ASRResult, Exception, None]]) -> list[int]:
+                           results: list[Union[ASRResult, Exception, None]], want: Sequence[bool]) -> list[int]:
         """Decode the packed windows; fill ``results`` for the clips attributed cleanly and
         return the clips to decode again on their own."""
         gap = np.zeros(int(round(self.pack_gap_s * SAMPLE_RATE)), dtype=np.float32)
@@ -299,7 +313,13 @@ class WhisperASR:
                     continue
                 text = "".join(wd.word for wd in mine).strip()
                 logp = float(np.mean([math.log(max(wd.probability, 1e-10)) for wd in mine]))
-                results[i] = ASRResult(text, self.pack_language, 1.0, logp, no_speech, 1, packed=True)
+                clip_words = None
+                if want[i]:  # times back in the clip, inside it
+                    s0, s1 = spans[i]
+                    clip_words = tuple(
+                        Word(min(max(wd.start - s0, 0.0), s1 - s0), min(max(wd.end - s0, 0.0), s1 - s0),
+                             wd.word, float(wd.probability), no_speech) for wd in mine)
+                results[i] = ASRResult(text, self.pack_language, 1.0, logp, no_speech, 1, packed=True, words=clip_words)
                 self.stats["packed_clips"] += 1
             self.stats["packed_windows"] += 1
         self.stats["redecoded_clips"] += len(redo)

@@ -1,39 +1,54 @@
 """ASR: faster-whisper over the decoded audio of a batch (:mod:`labeler.models.whisper`).
 
-Rows with ``audio`` are transcribed, all of a batch at once so short clips share packed
-30-s windows; rows without (an error, or a transcript from the cache) pass through. The
-waveform is dropped here: tables keep the URI, not the audio. Each new transcript also
-goes to the transcripts table (the transcript cache of later runs) through the collector.
-The model loads once per actor, on the first batch that needs it; a clip that fails to
-transcribe becomes an error row, a failing device stops the job.
+Rows with ``audio`` are transcribed, all of a batch at once so short clips and the speech
+regions of long recordings share packed 30-s windows; rows without (an error, or an
+utterance from the transcript cache) pass through. A short clip stays one row, its
+transcript that of the whole clip. A recording with speech regions (``speech``, from
+decode) is transcribed region by region with word timestamps and becomes its utterance
+rows (:mod:`labeler.segment`), or, when no utterance survives, one row that abstains with
+``no_speech``; the segments dropped as junk are counted by reason. The same audio twice in a
+batch is transcribed once.
+
+The waveform is dropped here: tables keep the URI, not the audio. Each file's new
+utterances also go to the transcripts table (the transcript cache of later runs) through
+the collector, all of a file's rows in one entry. The model loads once per actor, on the
+first batch that needs it; a clip that fails to transcribe becomes an error row, a failing
+device stops the job.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from labeler import schema as S
+from labeler.audio import SAMPLE_RATE
 from labeler.config import LabelConfig
+from labeler.segment import Word, build_utterances, utterance_id
 from labeler.stages.base import Stage, StageContext, columns, stage_error
 
 #: Columns of a transcripts-table entry that come from the row as it reached ASR.
-_ENTRY_FROM_ROW = ("utt_id", "uri", "audio_sha256", "duration_s")
+_ENTRY_FROM_ROW = ("uri", "audio_sha256", "duration_s", "source_id")
+_OUT = ("utt_id", "segment_index", "start_s", "end_s", "source_utterances", *S.TRANSCRIPT_COLUMNS, "error")
 
 
 class ASRStage(Stage):
     name = "asr"
-    reads = (*_ENTRY_FROM_ROW, "audio", "error", *S.TRANSCRIPT_COLUMNS)
-    writes = (*S.TRANSCRIPT_COLUMNS, "error", "asr_model", "asr_config_hash")
-    drops = ("audio",)
+    reads = ("utt_id", *S.SPAN_COLUMNS, "uri", "audio_sha256", "duration_s", "audio", "speech", "source_utterances",
+             "error", *S.TRANSCRIPT_COLUMNS, "asr_config_hash")
+    writes = (*_OUT, "asr_model", "asr_config_hash")
+    drops = ("audio", "speech")
+    expands = True  # a segmented recording becomes its utterances
 
     def __init__(self, cfg: LabelConfig, ctx: StageContext) -> None:
         super().__init__(cfg, ctx)
         self.asr = cfg.asr
-        self.config_hash = cfg.asr.config_hash()
+        self.segment = cfg.segment
+        self.whole_hash, self.segmented_hash = cfg.asr.config_hash(), cfg.segmented_hash()
         self._model = None
 
     @classmethod
@@ -50,33 +65,112 @@ class ASRStage(Stage):
         return self._model
 
     def process(self, batch: pa.Table) -> pa.Table:
-        n = batch.num_rows
-        audio = batch.column("audio").to_pylist()
-        out: dict[str, list] = {c: batch.column(c).to_pylist() for c in (*S.TRANSCRIPT_COLUMNS, "error")}
-        todo = [i for i in range(n) if out["error"][i] is None and audio[i] is not None]
-        if todo:
-            model = self.model
-            before = dict(model.stats)
-            results = model.transcribe_batch([np.frombuffer(audio[i], dtype=np.float32) for i in todo])
-            self.count(**{k: v - before.get(k, 0) for k, v in model.stats.items()})
-            for i, res in zip(todo, results):
-                if isinstance(res, Exception):  # per-clip failure is data; device failures raised
-                    out["error"][i] = stage_error(self.name, res)
-                    continue
-                for c in S.TRANSCRIPT_COLUMNS:
-                    out[c][i] = getattr(res, c)
-            self.count(transcribed=sum(out["error"][i] is None for i in todo))
-        out["asr_model"] = [self.asr.model] * n
-        out["asr_config_hash"] = [self.config_hash] * n
+        self.count(transcribed=0)  # the manifest says 0, not nothing, when all came from the cache
+        rows = batch.to_pylist()
+        # The transcription jobs: a whole clip, or each speech region of a recording; audio
+        # seen before in this batch (same sha256) reuses the first copy's results.
+        jobs: list[tuple[int, float, float]] = []  # (row, start_s, end_s); end < 0: the whole clip
+        first_of: dict[str, int] = {}
+        same_as: dict[int, int] = {}
+        for i, r in enumerate(rows):
+            if r["error"] is not None or r["audio"] is None:
+                continue
+            if r["audio_sha256"] in first_of:
+                same_as[i] = first_of[r["audio_sha256"]]
+                continue
+            first_of[r["audio_sha256"]] = i
+            if r["speech"] is None:
+                jobs.append((i, 0.0, -1.0))
+            else:
+                jobs.extend((i, float(s), float(e)) for s, e in r["speech"])
+        results = self._transcribe(rows, jobs) if jobs else []
+        by_row: dict[int, list] = {}
+        for (i, s, _), res in zip(jobs, results):
+            by_row.setdefault(i, []).append((s, res))
+
+        out: dict[str, list] = {c: [] for c in (*_OUT, "asr_config_hash", "parent_row")}
+        emitted: list[int] = []  # output rows of the files transcribed here (first copies)
+        for i, r in enumerate(rows):
+            if r["error"] is not None or r["audio"] is None:
+                new = [{c: r.get(c) for c in _OUT}]  # an error, or an utterance from the cache
+                new[0]["asr_config_hash"] = r["asr_config_hash"] or self.whole_hash
+            else:
+                done = by_row.get(same_as.get(i, i), [])
+                new = [self._whole(r, done)] if r["speech"] is None else self._utterances(r, done)
+                for u in new:
+                    u["asr_config_hash"] = self.whole_hash if r["speech"] is None else self.segmented_hash
+                if i not in same_as:
+                    emitted.extend(range(len(out["parent_row"]), len(out["parent_row"]) + len(new)))
+                self.count(transcribed=1, in_batch_duplicates=int(i in same_as))
+            for u in new:
+                for c in (*_OUT, "asr_config_hash"):
+                    out[c].append(u.get(c))
+                out["parent_row"].append(i)
+        out["asr_model"] = [self.asr.model] * len(out["parent_row"])
         written = columns(out)
-        if todo:
-            self._emit_transcripts(batch, written, todo)
+        if emitted:
+            self._emit_transcripts(batch, written, emitted)
         return written
 
-    def _emit_transcripts(self, batch: pa.Table, written: pa.Table, todo: list[int]) -> None:
-        """What this batch transcribed (or failed to) becomes transcripts-table entries."""
-        rows = pa.array(todo)
-        entry = {c: batch.column(c).take(rows) for c in _ENTRY_FROM_ROW}
-        entry.update({c: written.column(c).take(rows) for c in written.column_names})
-        entry["created_at"] = pa.array([dt.datetime.now(dt.timezone.utc)] * len(todo), S.TIMESTAMP)
+    def _transcribe(self, rows: list[dict], jobs: list[tuple[int, float, float]]) -> list:
+        model = self.model
+        waves, words = [], []
+        for i, s, e in jobs:
+            audio = np.frombuffer(rows[i]["audio"], dtype=np.float32)
+            waves.append(audio if e < 0 else audio[int(round(s * SAMPLE_RATE)):int(round(e * SAMPLE_RATE))])
+            words.append(e >= 0)
+        before = dict(model.stats)
+        results = model.transcribe_batch(waves, words=words)
+        self.count(**{k: v - before.get(k, 0) for k, v in model.stats.items()})
+        return results
+
+    def _whole(self, r: dict, done: list) -> dict:
+        """A short clip: one row, the whole clip's transcript (or its error)."""
+        res = done[0][1]
+        u = {c: r.get(c) for c in _OUT}
+        if isinstance(res, Exception):  # per-clip failure is data; device failures raised
+            u["error"] = stage_error(self.name, res)
+        else:
+            u.update({c: getattr(res, c) for c in S.TRANSCRIPT_COLUMNS})
+        return u
+
+    def _utterances(self, r: dict, done: list) -> list[dict]:
+        """A segmented recording: its utterance rows, or one row that abstains (no speech)."""
+        base = {"utt_id": r["source_id"], "segment_index": None, "start_s": 0.0, "end_s": r["duration_s"],
+                "source_utterances": 1}
+        failed = [(s, res) for s, res in done if isinstance(res, Exception)]
+        if failed:
+            s, res = failed[0]
+            return [{**base, "error": stage_error(self.name, RuntimeError(f"speech region at {s:.1f} s: {res}"))}]
+        words: list[Word] = []
+        langs: Counter = Counter()
+        lang_probs = []
+        for s, res in done:
+            words.extend(Word(s + w.start, s + w.end, w.text, w.prob, w.no_speech_prob) for w in (res.words or ()))
+            if res.language:
+                langs[res.language] += len(res.words or ()) or 1
+            if res.language_prob is not None:
+                lang_probs.append(res.language_prob)
+        kept, dropped = build_utterances(words, float(r["duration_s"]), self.segment)
+        self.count(utterances=len(kept), **{f"dropped_{k}": v for k, v in dropped.items()})
+        if not kept:
+            self.count(sources_without_speech=1)
+            return [{**base, "text": "", "language": None, "language_prob": None, "avg_logprob": None, "no_speech_prob": None}]
+        language = langs.most_common(1)[0][0] if langs else None
+        lang_prob = float(np.mean(lang_probs)) if lang_probs else None
+        return [{
+            "utt_id": utterance_id(r["source_id"], u.start, u.end), "segment_index": k, "start_s": u.start, "end_s": u.end,
+            "source_utterances": len(kept), "text": u.text, "language": language, "language_prob": lang_prob,
+            "avg_logprob": u.avg_logprob, "no_speech_prob": u.no_speech_prob, "error": None,
+        } for k, u in enumerate(kept)]
+
+    def _emit_transcripts(self, batch: pa.Table, written: pa.Table, emitted: list[int]) -> None:
+        """What this batch transcribed (or failed to) becomes transcripts-table entries, all
+        of a file's utterances in one entry with one ``created_at``."""
+        take = pa.array(emitted, pa.int64())
+        parents = written.column("parent_row").take(take)
+        entry = {c: batch.column(c).take(parents) for c in _ENTRY_FROM_ROW}
+        entry.update({c: written.column(c).take(take) for c in written.column_names if c != "parent_row"})
+        entry["segment_count"] = entry.pop("source_utterances")
+        entry["created_at"] = pa.array([dt.datetime.now(dt.timezone.utc)] * len(emitted), S.TIMESTAMP)
         self.emit("transcripts", pa.table(entry))

@@ -1,8 +1,11 @@
-"""Decode: read each file, hash its bytes, decode it to 16 kHz mono float32.
+"""Decode: read each file, hash its bytes, decode it to 16 kHz mono float32, find its speech.
 
-Audio already transcribed with the same ASR settings (found by its sha256 in the transcript
-cache) is not decoded: its row gets the stored transcript and no ``audio``, so ASR passes
-it by. A missing, unreadable, empty, too long or non-audio file becomes a row whose
+A file already transcribed with the same ASR and segmentation settings (found by its sha256
+in the transcript cache) is not decoded: it becomes its stored utterance rows, each with its
+transcript and no ``audio``, so ASR passes them by. A recording that is to be segmented
+(``segment.mode``, :meth:`~labeler.config.SegmentConfig.applies`) also gets its speech
+regions (``speech``, Silero VAD, here on the CPU), which ASR transcribes and cuts into
+utterances. A missing, unreadable, empty, too long or non-audio file becomes a row whose
 ``error`` says why; a row that already carries an error passes through untouched.
 """
 
@@ -14,17 +17,22 @@ import pyarrow as pa
 
 from labeler import schema as S
 from labeler.config import LabelConfig
+from labeler.segment import speech_regions, utterance_id
 from labeler.stages.base import Stage, StageContext, columns, fetch, stage_error
 
 
 class DecodeStage(Stage):
     name = "decode"
-    reads = ("uri", "error")
-    writes = ("audio_sha256", "duration_s", "audio", "error", *S.TRANSCRIPT_COLUMNS)
+    reads = ("utt_id", "uri", "error")
+    writes = ("utt_id", *S.SPAN_COLUMNS, "audio_sha256", "duration_s", "audio", "speech", "source_utterances", "error",
+              *S.TRANSCRIPT_COLUMNS, "asr_config_hash")
+    expands = True  # a cached recording becomes its stored utterances
 
     def __init__(self, cfg: LabelConfig, ctx: StageContext) -> None:
         super().__init__(cfg, ctx)
         self.max_duration_s = cfg.decode.max_duration_s
+        self.segment = cfg.segment
+        self.whole_hash, self.segmented_hash = cfg.asr.config_hash(), cfg.segmented_hash()
         cache = fetch(ctx.transcript_cache) if cfg.cache.transcripts else None
         self.cache = cache if cache is not None and len(cache) else None
 
@@ -36,28 +44,61 @@ class DecodeStage(Stage):
     def process(self, batch: pa.Table) -> pa.Table:
         from labeler.audio import AudioError, decode, read_bytes, sha256_hex
 
-        errors = batch.column("error").to_pylist()
-        out: dict[str, list] = {c: [None] * batch.num_rows for c in self.writes}
-        out["error"] = errors
-        for i, uri in enumerate(batch.column("uri").to_pylist()):
-            if errors[i] is not None:
+        out: dict[str, list] = {c: [] for c in (*self.writes, "parent_row")}
+        self.count(transcripts_from_cache=0)
+
+        def row(i: int, **values) -> None:
+            for c in out:
+                out[c].append(values.get(c))
+            out["parent_row"][-1] = i
+
+        for i, (source, uri, error) in enumerate(zip(*(batch.column(c).to_pylist() for c in self.reads))):
+            if error is not None:
+                row(i, utt_id=source, source_id=source, error=error, source_utterances=1)
                 continue
+            sha = duration = None
             try:
                 data = read_bytes(uri)
-                out["audio_sha256"][i] = sha = sha256_hex(data)  # kept even when decoding then fails
+                sha = sha256_hex(data)  # kept even when decoding then fails
                 self.count(audio_files_read=1)
-                hit = self.cache.get(sha) if self.cache is not None else None
+                hit = self.cached(sha)
                 if hit is not None:
-                    out["duration_s"][i] = hit["duration_s"]
-                    for c in S.TRANSCRIPT_COLUMNS:
-                        out[c][i] = hit[c]
-                    self.count(transcripts_from_cache=1)
+                    for u in hit:
+                        whole = u["segment_count"] == 1 and u["start_s"] == 0 and u["end_s"] == u["duration_s"]
+                        uid = source if whole or u["segment_index"] is None else utterance_id(source, u["start_s"], u["end_s"])
+                        row(i, utt_id=uid, source_id=source, source_utterances=len(hit),
+                            **{c: u[c] for c in ("audio_sha256", "duration_s", "segment_index", "start_s", "end_s", *S.TRANSCRIPT_COLUMNS,
+                                                  "asr_config_hash")})
+                    self.count(transcripts_from_cache=1, utterances_from_cache=len(hit))
                     continue
                 audio = decode(data)
-                if audio.duration_s > self.max_duration_s:
-                    raise AudioError(f"recording is {audio.duration_s:.0f} s long, over decode.max_duration_s={self.max_duration_s:.0f}")
-                out["duration_s"][i] = audio.duration_s
-                out["audio"][i] = audio.waveform.tobytes()
+                duration = audio.duration_s
+                if duration > self.max_duration_s:
+                    raise AudioError(f"recording is {duration:.0f} s long, over decode.max_duration_s={self.max_duration_s:.0f}")
+                speech = None
+                if self.segment.applies(duration):
+                    speech = [list(r) for r in speech_regions(audio.waveform, self.segment)]
+                    self.count(sources_segmented=1, speech_regions=len(speech),
+                               speech_region_seconds=sum(e - s for s, e in speech))
+                whole = speech is None
+                row(i, utt_id=source, source_id=source, audio_sha256=sha, duration_s=duration,
+                    audio=audio.waveform.tobytes(), speech=speech, source_utterances=1 if whole else None,
+                    segment_index=0 if whole else None, start_s=0.0 if whole else None, end_s=duration if whole else None)
             except Exception as exc:  # AudioError or anything else: a per-file failure is data
-                errors[i] = stage_error(self.name, exc)
+                row(i, utt_id=source, source_id=source, audio_sha256=sha, duration_s=duration,
+                    error=stage_error(self.name, exc), source_utterances=1)
         return columns(out)
+
+    def cached(self, sha: str):
+        """The file's stored utterances, if it was transcribed before as this run would: whole
+        (a clip the run would not segment, by its stored duration) or segmented with the
+        same settings."""
+        if self.cache is None:
+            return None
+        whole = self.cache.get(sha, self.whole_hash)
+        if whole is not None and not self.segment.applies(whole[0]["duration_s"]):
+            return whole
+        segmented = self.cache.get(sha, self.segmented_hash)
+        if segmented is not None and self.segment.applies(segmented[0]["duration_s"]):
+            return segmented
+        return None

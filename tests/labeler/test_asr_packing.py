@@ -185,6 +185,14 @@ def test_asr_stage_packs_a_batch_and_keeps_rows_one_to_one(speech, tmp_path):
         "error": [None, "decode: InputError: not audio", None, None, None, None],
         "text": [None] * 5 + [cached], "language": [None] * 5 + ["en"], "language_prob": [None] * 5 + [1.0],
         "avg_logprob": [None] * 5 + [-0.1], "no_speech_prob": [None] * 5 + [0.01],
+        # short clips as decode leaves them: one utterance spanning the clip, no speech regions
+        "source_id": [f"u{i}" for i in range(n)],
+        "segment_index": [0, None, 0, 0, 0, 0],
+        "start_s": [0.0, None, 0.0, 0.0, 0.0, 0.0],
+        "end_s": [len(a) / SAMPLE_RATE for a in audios[:1]] + [None] + [len(a) / SAMPLE_RATE for a in audios[1:4]] + [2.0],
+        "speech": pa.array([None] * n, pa.list_(pa.list_(pa.float64(), 2))),
+        "source_utterances": [1] * n,
+        "asr_config_hash": [None] * 5 + ["h"],
     })
     out = stage(batch)
     assert out.column("utt_id").to_pylist() == [f"u{i}" for i in range(n)]

