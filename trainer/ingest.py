@@ -26,7 +26,13 @@ if TYPE_CHECKING:
     from trainer.config import CorpusData, LabelsData
     from trainer.features import FeatureSpec
 
-LABEL_COLUMNS = ["utt_id", "uri", "status", "label_index", "confidence", "scores"]
+#: Columns of the labels table a job reads (pushed down into the Parquet read).
+LABEL_COLUMNS = ["utt_id", "source_id", "uri", "start_s", "end_s", "status", "label_index", "confidence", "scores"]
+#: Columns a labels table written before utterances had spans lacks: a missing ``source_id``
+#: is the ``utt_id`` (one file, one row), a missing ``start_s`` / ``end_s`` the whole file.
+SPAN_COLUMNS = ("source_id", "start_s", "end_s")
+#: Columns of the rows :func:`labels_rows` gives.
+ROW_COLUMNS = ["utt_id", "source_id", "uri", "start_s", "end_s", "label_index", "scores"]
 
 
 @dataclass
@@ -91,6 +97,26 @@ def _uncommitted_run_error(root: str, name: str, version: str, run_id: str, cand
     )
 
 
+def _label_columns(fs, path: str) -> list[str]:
+    """The :data:`LABEL_COLUMNS` the partition at ``path`` has: all of them, or without
+    :data:`SPAN_COLUMNS` for a table written before utterances had spans."""
+    import pyarrow.dataset as pads
+
+    names = set(pads.dataset(path, filesystem=fs, format="parquet").schema.names)
+    return [c for c in LABEL_COLUMNS if c in names or c not in SPAN_COLUMNS]
+
+
+def split_key(utt_id: str, source_id: str | None) -> str:
+    """What the train/val split hashes: the source file's id, so every utterance of one
+    recording lands in the same split (no recording is in both train and validation);
+    the ``utt_id`` for a row without one (a table written before utterances had spans)."""
+    return utt_id if source_id is None else source_id
+
+
+def in_val(utt_id: str, source_id: str | None, val_fraction: float) -> bool:
+    return stable_unit(split_key(utt_id, source_id)) < val_fraction
+
+
 def select_labels_run(
     root: str,
     taxonomy: Taxonomy,
@@ -104,8 +130,9 @@ def select_labels_run(
     Only committed runs (``runs/<run_id>.json`` with ``status: committed``, found with
     :func:`labeler.runs.committed_runs`) are candidates. Without ``run_id`` the newest
     committed run of the taxonomy version is taken (run ids sort by time); the others are
-    listed in ``other_runs``. Counting streams ``utt_id, status, confidence, label_index``
-    in record batches.
+    listed in ``other_runs``. Counting streams ``utt_id, source_id, status, confidence,
+    label_index`` in record batches; the split is by :func:`split_key`, as :func:`labels_rows`
+    makes it.
     """
     import pyarrow.dataset as pads
 
@@ -168,16 +195,18 @@ def select_labels_run(
     counts: Counter = Counter()
     per_label: Counter = Counter()  # training split only: what class weights are computed from
     dataset = pads.dataset(path, filesystem=fs, format="parquet")
-    for batch in dataset.to_batches(columns=["utt_id", "status", "confidence", "label_index"], batch_size=1 << 16):
+    columns = ["utt_id", "status", "confidence", "label_index"] + (["source_id"] if "source_id" in dataset.schema.names else [])
+    for batch in dataset.to_batches(columns=columns, batch_size=1 << 16):
         cols = [batch.column(c).to_pylist() for c in ("utt_id", "status", "confidence", "label_index")]
-        for utt, s, c, i in zip(*cols):
+        sources = batch.column("source_id").to_pylist() if "source_id" in columns else [None] * batch.num_rows
+        for utt, s, c, i, src in zip(*cols, sources):
             counts["rows"] += 1
             counts[s] += 1
             if s != "labeled":
                 continue
             if i is None or c is None or c < min_confidence:
                 counts["below_min_confidence"] += 1
-            elif stable_unit(utt) < val_fraction:
+            elif in_val(utt, src, val_fraction):
                 counts["val"] += 1
             else:
                 counts["train"] += 1
@@ -217,7 +246,9 @@ def select_labels_run(
 
 
 def _keep_labeled(table: pa.Table, *, min_confidence: float, val_fraction: float, split: str) -> pa.Table:
-    """map_batches (pyarrow): labeled rows above the threshold, in the requested split."""
+    """map_batches (pyarrow): labeled rows above the threshold, in the requested split, as
+    :data:`ROW_COLUMNS`. The split is by source file (:func:`split_key`). A table without
+    :data:`SPAN_COLUMNS` gets ``source_id = utt_id`` and null spans (whole files)."""
     import pyarrow.compute as pc
 
     mask = pc.and_(
@@ -225,15 +256,25 @@ def _keep_labeled(table: pa.Table, *, min_confidence: float, val_fraction: float
         pc.and_(pc.is_valid(table.column("label_index")), pc.greater_equal(pc.fill_null(table.column("confidence"), -1.0), min_confidence)),
     )
     table = table.filter(mask)
+    utt = table.column("utt_id")
+    names = table.column_names
+    source = pc.coalesce(table.column("source_id"), utt) if "source_id" in names else utt
+    spans = {c: table.column(c).cast(pa.float64()) if c in names else pa.nulls(table.num_rows, pa.float64()) for c in ("start_s", "end_s")}
+    table = pa.table({
+        "utt_id": utt, "source_id": source, "uri": table.column("uri"), **spans,
+        "label_index": table.column("label_index"), "scores": table.column("scores"),
+    })
     if split != "all":
-        in_val = pa.array([stable_unit(u) < val_fraction for u in table.column("utt_id").to_pylist()], pa.bool_())
-        want = in_val if split == "val" else pc.invert(in_val)
-        table = table.filter(want)
-    return table.select(["utt_id", "uri", "label_index", "scores"])
+        val = pa.array([stable_unit(k) < val_fraction for k in source.to_pylist()], pa.bool_())
+        table = table.filter(val if split == "val" else pc.invert(val))
+    return table
 
 
 def labels_rows(selection: LabelsSelection, *, split: str, min_confidence: float, val_fraction: float) -> ray.data.Dataset:
-    """Ray Dataset of ``utt_id, uri, label_index, scores`` for ``split`` (train | val | all)."""
+    """Ray Dataset of :data:`ROW_COLUMNS` (``utt_id, source_id, uri, start_s, end_s,
+    label_index, scores``) for ``split`` (train | val | all). ``start_s`` / ``end_s`` is the
+    utterance's span in its source file (null: the whole file), which featurizing cuts by
+    seeking (:func:`trainer.features.load_span`)."""
     import ray.data
 
     from labeler.io import filesystem
@@ -244,7 +285,7 @@ def labels_rows(selection: LabelsSelection, *, split: str, min_confidence: float
         filesystem=fs,
         partitioning=None,  # the run_id=... directory itself: its partition values are known
         shuffle="files" if split == "train" else None,
-    ).select_columns(LABEL_COLUMNS)  # pushed down into the Parquet read
+    ).select_columns(_label_columns(fs, path))  # pushed down into the Parquet read
     return ds.map_batches(
         _keep_labeled,
         batch_format="pyarrow",
@@ -302,8 +343,9 @@ def featurize(
 class PreparedData:
     """A data config resolved to rows with splits: a labels-table run or a corpus table.
 
-    ``rows(split)`` gives the Ray Dataset of ``utt_id, uri, label_index[, scores]`` for a
-    split; ``summary`` goes into reports.
+    ``rows(split)`` gives the Ray Dataset of ``utt_id, uri, label_index`` for a split (for a
+    labels table also ``source_id, start_s, end_s, scores``: see :func:`labels_rows`);
+    ``summary`` goes into reports.
     """
 
     kind: str

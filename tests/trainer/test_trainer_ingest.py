@@ -14,7 +14,7 @@ from trainer.ingest import select_labels_run
 
 
 def _rows(n, label_index, names):
-    return [{"utt_id": f"u{i}", "uri": f"/nowhere/u{i}.wav", "status": "labeled", "label": names[label_index],
+    return [{"utt_id": f"u{i}", "source_id": f"u{i}", "uri": f"/nowhere/u{i}.wav", "status": "labeled", "label": names[label_index],
              "label_index": label_index, "confidence": 0.9, "scores": [0.9 if j == label_index else 0.1 / (len(names) - 1) for j in range(len(names))]}
             for i in range(n)]
 
@@ -25,7 +25,7 @@ def test_labels_run_selection_prefers_committed_runs(tmp_path):
     tax = load_taxonomy("iemocap4")
     names = tax.label_names
     root = str(tmp_path)
-    write_labels_table(root, _rows(40, 1, names) + [{"utt_id": "x", "uri": "/x.wav", "status": "abstained"}], "iemocap4", "1.0", "run-old", commit=True)
+    write_labels_table(root, _rows(40, 1, names) + [{"utt_id": "x", "source_id": "x", "uri": "/x.wav", "status": "abstained"}], "iemocap4", "1.0", "run-old", commit=True)
     staging = write_labels_table(root, _rows(30, 2, names), "iemocap4", "1.0", "run-new", commit=False)
     os.utime(staging, None)
     chosen = select_labels_run(root, tax, val_fraction=0.25)

@@ -87,7 +87,7 @@ def write_labels_table(
         given = {
             "text": "synthetic", "language": "en", "margin": (top2[0] - top2[1]) if top2 else None,
             "raw_scores": scores, "asr_model": "synthetic", "asr_config_hash": "0", "scorer": "synthetic",
-            "template_hash": "0", "created_at": now, **r,
+            "template_hash": "0", "created_at": now, "source_id": r.get("utt_id"), **r,
         }
         # Every column of the contract, whatever it holds today; the ones a row does not give are null.
         full.append({f.name: given.get(f.name) for f in LABELS_FILE_SCHEMA})
