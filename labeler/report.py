@@ -123,7 +123,8 @@ def render_png(report: dict[str, Any]) -> bytes:
     tp = report["throughput"]
     rows = report["rows"]
     speed = tp.get("audio_seconds_per_wall_second")
-    subtitle = (f"{rows.get('output_rows')} rows  |  {tp.get('audio_seconds') or 0:.1f} s audio in {tp['wall_seconds']:.1f} s wall"
+    files = f"{rows['sources']} files -> " if rows.get("sources") is not None and report["kind"] != "relabel" else ""
+    subtitle = (f"{files}{rows.get('output_rows')} rows  |  {tp.get('audio_seconds') or 0:.1f} s audio in {tp['wall_seconds']:.1f} s wall"
                 + (f" ({speed:.1f}x realtime)" if speed else "")
                 + f"  |  ASR {report['models'].get('asr')}  |  scorer {report['models'].get('scorer')}")
     fig.suptitle(f"lanser {report['kind']} run {report['run_id']}  -  {report['taxonomy']['name']} "
