@@ -223,9 +223,9 @@ def print_summary(manifest: dict[str, Any], output: str, show: int = 20) -> None
               f"({manifest.get('throughput_audio_s_per_s') or 0:.1f}x realtime, model loading included)")
     cache = manifest.get("cache") or {}
     if cache:
-        dup = (manifest.get("stage_counters", {}).get("asr") or {}).get("in_batch_duplicates", 0)
+        dup = cache.get("transcripts_from_this_run", 0)
         print(f"transcripts: {cache.get('transcribed', 0)} files transcribed"
-              + (f" ({dup} of them copies of audio already in the run, transcribed once)" if dup else "")
+              + (f", {dup} copies of audio transcribed once in this run" if dup else "")
               + f", {cache.get('transcripts_from_cache', 0)} from the cache of earlier runs")
         print(f"label scores: {cache.get('n_pairs_scored', 0)} (transcript, label) pairs scored, "
               f"{cache.get('n_pairs_cached', 0)} from the cache of earlier runs, "

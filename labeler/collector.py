@@ -38,6 +38,17 @@ class Collector:
         self.facts: dict[str, dict[str, Any]] = {}
         self.buffers: dict[str, list[pa.Table]] = {name: [] for name in CACHE_TABLES}
         self.files: list[tuple[str, str, int]] = []
+        self.owners: dict[str, str] = {}  # audio sha256 -> the input that transcribes it in this pass
+        self.deferred: set[str] = set()  # inputs whose audio another input transcribes
+
+    def claim(self, sha: str, source: str) -> bool:
+        """Whether ``source`` transcribes audio ``sha`` in this pass: the first input with
+        that audio does (and keeps doing, if its batch is retried); a later copy is held
+        back for the run's second pass, which finds the first's transcript."""
+        owner = self.owners.setdefault(sha, source)
+        if owner != source:
+            self.deferred.add(source)
+        return owner == source
 
     def add(self, stage: str, counters: dict[str, float], entries: Optional[dict[str, pa.Table]] = None,
             facts: Optional[dict[str, Any]] = None) -> None:
@@ -65,7 +76,8 @@ class Collector:
         for table in CACHE_TABLES:
             self._write(table)
         return {"stages": {k: dict(v) for k, v in sorted(self.stages.items())},
-                "facts": {k: v for k, v in sorted(self.facts.items()) if v}, "files": list(self.files)}
+                "facts": {k: v for k, v in sorted(self.facts.items()) if v}, "files": list(self.files),
+                "deferred": sorted(self.deferred)}
 
 
 class Reporter:
@@ -85,6 +97,16 @@ class Reporter:
         import ray
 
         ray.get(self.target.add.remote(stage, counters, entries, facts))
+
+    def claim(self, sha: str, source: str) -> bool:
+        """:meth:`Collector.claim` (True without a collector)."""
+        if self.target is None:
+            return True
+        if isinstance(self.target, Collector):
+            return self.target.claim(sha, source)
+        import ray
+
+        return ray.get(self.target.claim.remote(sha, source))
 
 
 def start_collector(root: str, run_id: str, attempt: str, rows_per_file: int, compression: str):

@@ -95,15 +95,41 @@ def run(cfg: LabelConfig, plan: RunPlan) -> RunResult:
 
 def execute(cfg: LabelConfig, plan: RunPlan, run_id: str, todo: pa.Table) -> tuple[dict, dict, dict]:
     """Stream ``todo`` through the plan's stages into the staging folder. Returns the sink's
-    row stats, the collector's (stage counters, cache files) and the cache sizes loaded."""
+    row stats, the collector's (stage counters, cache files) and the cache sizes loaded.
+
+    A label run transcribes each distinct audio once: a file whose bytes another input of
+    the run has (same sha256) is held back in a first pass, and a second pass over those
+    copies finds their transcripts in what the first pass staged."""
+    import pyarrow.compute as pc
+    import ray
+
+    from labeler.cache import TranscriptCache
+    from labeler.sink import merge_stats
+    from labeler.stages.base import require_stages
+
+    require_stages(plan.stages, todo.column_names)
+    ctx, sizes = load_caches(cfg, plan)
+    ctx.dedupe = "transcripts" in plan.caches
+    rows, side = _pass(cfg, plan, run_id, todo, ctx)
+    deferred = side.pop("deferred", [])
+    if deferred:
+        copies = todo.filter(pc.is_in(todo.column("utt_id"), value_set=pa.array(deferred, pa.string())))
+        own = TranscriptCache.load(S.staging_dir(cfg.output, run_id), (cfg.asr.config_hash(), cfg.segmented_hash()))
+        ctx.transcript_cache, ctx.dedupe, ctx.second_pass = ray.put(own), False, True
+        rows2, side2 = _pass(cfg, plan, run_id, copies, ctx)
+        side2.pop("deferred", None)
+        rows, side = merge_stats([rows, rows2]), merge_side(side, side2)
+    return rows, side, sizes
+
+
+def _pass(cfg: LabelConfig, plan: RunPlan, run_id: str, todo: pa.Table, ctx: StageContext) -> tuple[dict, dict]:
+    """One pass of ``todo`` through the stages into the sink, with its own attempt id and collector."""
     import ray
 
     from labeler.collector import start_collector
     from labeler.sink import LabelsSink
-    from labeler.stages.base import chain, require_stages
+    from labeler.stages.base import chain
 
-    require_stages(plan.stages, todo.column_names)
-    ctx, sizes = load_caches(cfg, plan)
     attempt = secrets.token_hex(3)
     ctx.collector = start_collector(cfg.output, run_id, attempt, cfg.out.rows_per_file, cfg.out.compression)
     try:
@@ -121,7 +147,22 @@ def execute(cfg: LabelConfig, plan: RunPlan, run_id: str, todo: pa.Table) -> tup
         side = ray.get(ctx.collector.finish.remote())
     finally:
         ray.kill(ctx.collector)
-    return sink.stats or {"rows": 0}, side, sizes
+        ctx.collector = None
+    return sink.stats or {"rows": 0}, side
+
+
+def merge_side(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two passes' collector results as one: counters added, facts and files together."""
+    from collections import Counter
+
+    stages = {k: Counter(v) for k, v in a.get("stages", {}).items()}
+    for k, v in b.get("stages", {}).items():
+        stages.setdefault(k, Counter()).update(v)
+    facts = {k: dict(v) for k, v in a.get("facts", {}).items()}
+    for k, v in b.get("facts", {}).items():
+        facts.setdefault(k, {}).update(v)
+    return {"stages": {k: dict(v) for k, v in stages.items()}, "facts": facts,
+            "files": a.get("files", []) + b.get("files", [])}
 
 
 def load_caches(cfg: LabelConfig, plan: RunPlan) -> tuple[StageContext, dict[str, int]]:
@@ -335,7 +376,8 @@ def build_manifest(cfg: LabelConfig, plan: RunPlan, run_id: str, input_rows: int
     stages = side.get("stages", {})
     cache: dict[str, int] = dict(plan.preset_cache_counts(rows.get("rows", 0)))
     for counters in stages.values():
-        for k in ("transcripts_from_cache", "transcribed", "n_pairs_cached", "n_pairs_memo", "n_pairs_scored"):
+        for k in ("transcripts_from_cache", "transcribed", "transcripts_from_this_run", "n_pairs_cached", "n_pairs_memo",
+                  "n_pairs_scored"):
             if k in counters:
                 cache[k] = cache.get(k, 0) + int(counters[k])
     audio = rows.get("audio_seconds", 0.0)

@@ -131,12 +131,15 @@ SPAN_COLUMNS = ("source_id", "segment_index", "start_s", "end_s")
 #: (raw float32 little-endian samples at 16 kHz; dropped by ASR, tables keep the URI);
 #: ``speech``, a recording's speech regions (start_s, end_s) to segment, null for a file
 #: transcribed whole; ``source_utterances``, how many rows the row's file gives in all (the
-#: commit checks every file is complete); and ``parent_row``, with which a stage that splits
+#: commit checks every file is complete); ``deferred``, a copy of audio that another input
+#: of the run transcribes, held back from the sink until the run's second pass; and
+#: ``parent_row``, with which a stage that splits
 #: rows (1 -> N) names each output row's input row.
 INTERNAL_COLUMNS = pa.schema([
     pa.field("audio", pa.large_binary()),
     pa.field("speech", pa.list_(pa.list_(pa.float64(), 2))),
     pa.field("source_utterances", pa.int32()),
+    pa.field("deferred", pa.bool_()),
     pa.field("parent_row", pa.int64()),
 ])
 

@@ -49,6 +49,12 @@ class LabelsSink(Datasink):
         if not tables:
             return {"rows": 0}
         table = pa.concat_tables(tables, promote_options="default")
+        if "deferred" in table.column_names:  # copies held back for the run's second pass
+            import pyarrow.compute as pc
+
+            table = table.filter(pc.invert(pc.fill_null(table.column("deferred"), False)))
+            if not table.num_rows:
+                return {"rows": 0}
         created = pa.array([dt.datetime.now(dt.timezone.utc)] * table.num_rows, S.TIMESTAMP)
         labels = S.conform(redact_uri_column(table.append_column("created_at", created)), S.LABELS_FILE_SCHEMA)
         summary = summarize_rows(labels, segmented_sources(table))

@@ -101,7 +101,10 @@ class ASRStage(Stage):
                     u["asr_config_hash"] = self.whole_hash if r["speech"] is None else self.segmented_hash
                 if i not in same_as:
                     emitted.extend(range(len(out["parent_row"]), len(out["parent_row"]) + len(new)))
-                self.count(transcribed=1, in_batch_duplicates=int(i in same_as))
+                if i in same_as:
+                    self.count(transcripts_from_this_run=1)  # a copy of audio already in the batch
+                else:
+                    self.count(transcribed=1)
             for u in new:
                 for c in (*_OUT, "asr_config_hash"):
                     out[c].append(u.get(c))

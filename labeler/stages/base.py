@@ -44,6 +44,8 @@ class StageContext:
     transcript_cache: Any = None  # labeler.cache.TranscriptCache, or an ObjectRef to one
     score_cache: Any = None  # labeler.cache.ScoreCache, or an ObjectRef to one
     collector: Any = None  # labeler.collector.Collector, or a Ray actor handle of one
+    dedupe: bool = False  # decode holds back a copy of audio another input of the run transcribes
+    second_pass: bool = False  # the run's pass over those copies (transcript_cache: this run's own)
 
 
 def fetch(value: Any) -> Any:

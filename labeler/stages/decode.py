@@ -25,7 +25,7 @@ class DecodeStage(Stage):
     name = "decode"
     reads = ("utt_id", "uri", "error")
     writes = ("utt_id", *S.SPAN_COLUMNS, "audio_sha256", "duration_s", "audio", "speech", "source_utterances", "error",
-              *S.TRANSCRIPT_COLUMNS, "asr_config_hash")
+              *S.TRANSCRIPT_COLUMNS, "asr_config_hash", "deferred")
     expands = True  # a cached recording becomes its stored utterances
 
     def __init__(self, cfg: LabelConfig, ctx: StageContext) -> None:
@@ -33,8 +33,10 @@ class DecodeStage(Stage):
         self.max_duration_s = cfg.decode.max_duration_s
         self.segment = cfg.segment
         self.whole_hash, self.segmented_hash = cfg.asr.config_hash(), cfg.segmented_hash()
-        cache = fetch(ctx.transcript_cache) if cfg.cache.transcripts else None
+        # the second pass looks up this run's own transcripts, whatever cache.transcripts says
+        cache = fetch(ctx.transcript_cache) if cfg.cache.transcripts or ctx.second_pass else None
         self.cache = cache if cache is not None and len(cache) else None
+        self.dedupe, self.second_pass = ctx.dedupe, ctx.second_pass
 
     @classmethod
     def resources(cls, cfg: LabelConfig) -> dict[str, Any]:
@@ -69,7 +71,15 @@ class DecodeStage(Stage):
                         row(i, utt_id=uid, source_id=source, source_utterances=len(hit),
                             **{c: u[c] for c in ("audio_sha256", "duration_s", "segment_index", "start_s", "end_s", *S.TRANSCRIPT_COLUMNS,
                                                   "asr_config_hash")})
-                    self.count(transcripts_from_cache=1, utterances_from_cache=len(hit))
+                    if self.second_pass:
+                        self.count(transcripts_from_this_run=1)
+                    else:
+                        self.count(transcripts_from_cache=1, utterances_from_cache=len(hit))
+                    continue
+                if self.dedupe and not self.report.claim(sha, source):
+                    # another input of this run has the same audio: it waits for that one's transcript
+                    row(i, utt_id=source, source_id=source, audio_sha256=sha, source_utterances=1, deferred=True)
+                    self.count(copies_deferred=1)
                     continue
                 audio = decode(data)
                 duration = audio.duration_s

@@ -241,6 +241,6 @@ def test_asr_stage_transcribes_the_same_audio_once_per_batch(speech, tmp_path):
     assert out.column("source_id").to_pylist() == ["a", "b", "a-copy"]
     assert stage.model.stats["alone_clips"] == 2  # not 3
     counters = collector.stages["asr"]
-    assert counters["transcribed"] == 3 and counters["in_batch_duplicates"] == 1
+    assert counters["transcribed"] == 2 and counters["transcripts_from_this_run"] == 1
     entries = pa.concat_tables(collector.buffers["transcripts"])
     assert entries.column("source_id").to_pylist() == ["a", "b"]

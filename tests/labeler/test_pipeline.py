@@ -323,3 +323,26 @@ def test_readme_duckdb_queries_run(demo_run):
     assert len(latest) == 7
     per_file = con.execute(next(s for s in statements if "per file: utterances" in s)).fetchall()
     assert sorted(r[0] for r in per_file) == sorted(r[0] for r in latest) and all(r[1] == 1 for r in per_file)
+
+
+def test_the_same_audio_in_one_run_is_transcribed_once(ray_local, tmp_path):
+    """Copies of a file under other names, in other batches: transcribed once, each copy
+    gets the first's transcript and its own row (the run's second pass)."""
+    clips = tmp_path / "in"
+    (clips / "copies").mkdir(parents=True)
+    for name in ("happy", "sad"):
+        shutil.copy(SAMPLES / f"{name}.flac", clips / f"{name}.flac")
+        shutil.copy(SAMPLES / f"{name}.flac", clips / "copies" / f"{name}.flac")
+    shutil.copy(SAMPLES / "fear.flac", clips / "fear.flac")
+    cfg = load_config(DEMO, {"input": str(clips), "output": str(tmp_path / "out"), "ray.progress": False,
+                             "decode.rows_per_block": 1, "asr.batch_size": 1})
+    res = run_labeling(cfg)
+    m = res.manifest
+    assert m["cache"]["transcribed"] == 3 and m["cache"]["transcripts_from_this_run"] == 2
+    assert m["counts"]["sources"] == m["counts"]["output_rows"] == 5 and m["counts"]["status"] == {"labeled": 5}
+    rows = {r["utt_id"]: r for r in labels_of(tmp_path / "out")}
+    assert set(rows) == {"happy", "sad", "fear", "copies/happy", "copies/sad"}
+    for name in ("happy", "sad"):
+        a, b = rows[name], rows[f"copies/{name}"]
+        assert a["text"] and a["text"] == b["text"] and a["label"] == b["label"] and a["audio_sha256"] == b["audio_sha256"]
+    assert len(pq.read_table(m["tables"]["transcripts"])) == 3  # one entry per distinct audio
