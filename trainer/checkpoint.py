@@ -2,8 +2,9 @@
 
 A checkpoint is a directory, local or under an ``s3://`` / ``gs://`` storage path::
 
-    meta.json        format, epoch, global_step, taxonomy + label names, model and feature
-                     settings, this epoch's metrics, the run's history and attempts so far
+    meta.json        format, epoch (numbered from 1: ``epoch_base: 1``), global_step,
+                     taxonomy + label names, model and feature settings, this epoch's
+                     metrics, the run's history and attempts so far
     model.pt         the model's state_dict (encoder.* and head.*)
     train_state.pt   optimizer, LR scheduler and grad-scaler state (for resuming)
 
@@ -16,12 +17,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import posixpath
 from typing import TYPE_CHECKING, Iterator
 
 from trainer.errors import CheckpointError
-from trainer.reports import REPORT
+from trainer.reports import EPOCH_BASE, REPORT, renumber_epochs
 
 if TYPE_CHECKING:
+    import ray.train
+
     from trainer.model import SERModel
 
 FORMAT = "lanser-ser/1"
@@ -73,12 +77,31 @@ def open_checkpoint(ref: str) -> Iterator[str]:
         yield local
 
 
+def _checked_meta(meta: dict, where: str) -> dict:
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{where}: checkpoint format {meta.get('format')!r}, expected {FORMAT!r}")
+    # A checkpoint written before epochs were numbered from 1 is renumbered here, the one
+    # place every meta.json is read through (resuming included): see renumber_epochs.
+    return renumber_epochs(meta)
+
+
 def read_meta(directory: str) -> dict:
+    """A local checkpoint directory's ``meta.json``, epochs numbered from 1."""
     with open(os.path.join(directory, META), encoding="utf-8") as f:
         meta = json.load(f)
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{directory}: checkpoint format {meta.get('format')!r}, expected {FORMAT!r}")
-    return meta
+    return _checked_meta(meta, directory)
+
+
+def read_checkpoint_meta(checkpoint: ray.train.Checkpoint) -> dict:
+    """The ``meta.json`` of a Ray Train checkpoint (local or in cloud storage), read through
+    the checkpoint's filesystem without downloading its model."""
+    path = posixpath.join(checkpoint.path, META)
+    try:
+        with checkpoint.filesystem.open_input_stream(path) as f:
+            meta = json.loads(f.read())
+    except FileNotFoundError:
+        raise CheckpointError(f"{checkpoint.path} holds no {META}: not a lanser checkpoint") from None
+    return _checked_meta(meta, checkpoint.path)
 
 
 def write_checkpoint(directory: str, *, model_state: dict, train_state: dict | None, meta: dict) -> None:
@@ -89,7 +112,7 @@ def write_checkpoint(directory: str, *, model_state: dict, train_state: dict | N
     if train_state is not None:
         torch.save(train_state, os.path.join(directory, TRAIN_STATE))
     with open(os.path.join(directory, META), "w", encoding="utf-8") as f:
-        json.dump({"format": FORMAT, **meta}, f, indent=1)
+        json.dump({"format": FORMAT, "epoch_base": EPOCH_BASE, **meta}, f, indent=1)
 
 
 def load_states(directory: str, *, train_state: bool = False, device: str = "cpu") -> tuple[dict, dict, dict | None]:

@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-c", "--config", help="YAML config (its first line is the command that runs it)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field, e.g. --set train.epochs=3 (value read as YAML; repeatable)")
         p.add_argument("--output-dir", help="directory for the report, plots, embeddings")
+        p.add_argument("--no-progress", action="store_true", help="hide Ray Data's progress bars (the config's progress: false)")
         if name == "evaluate":
             p.add_argument("--checkpoint", help="checkpoint directory, or a run's output_dir")
             p.add_argument("--split", choices=["train", "val", "test", "all"])
@@ -67,8 +68,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def overrides(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    """``(config key, value)`` pairs from ``--set`` and the shortcut flags, in that order."""
+    from trainer.config import parse_set
+
+    pairs = [parse_set(item) for item in args.set]
+    pairs += [(key, getattr(args, flag)) for flag, key in FLAGS.items() if getattr(args, flag, None) is not None]
+    if args.no_progress:
+        pairs.append(("progress", False))
+    return pairs
+
+
 def connect_ray(cfg: JobConfig) -> str:
-    """Join ``RAY_ADDRESS`` when set, else start a local Ray; set Ray Data's context once."""
+    """Join ``RAY_ADDRESS`` when set, else start a local Ray; set Ray Data's context once
+    (in the driver: Ray Train hands the driver's context to its workers and datasets)."""
     import ray
     import ray.data
 
@@ -108,7 +121,7 @@ def _summary(command: str, report: dict[str, Any], output_dir: str) -> str:
         scores = f"UA {m['ua']:.3f} WA {m['wa']:.3f} macro-F1 {m['macro_f1']:.3f}" if m else report.get("metrics_skipped", "")
         return f"evaluate {report['split']}: {report['scored']} utterances, {scores}; {os.path.join(output_dir, 'evaluation.json')}"
     best = report["best_checkpoint"]
-    line = f"{command} done: {report['epochs_completed']} epochs, best {best['metric']} {best['value']:.3f} (epoch {best['epoch'] + 1})"
+    line = f"{command} done: {report['epochs_completed']} epochs, best {best['metric']} {best['value']:.3f} (epoch {best['epoch']})"
     test = (report.get("test") or {}).get("metrics")
     if test:
         line += f", test UA {test['ua']:.3f} WA {test['wa']:.3f}"
@@ -126,14 +139,12 @@ def _reason(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trainer.config import load_config, parse_set
+    from trainer.config import load_config
     from trainer.errors import ConfigError
 
     args = build_parser().parse_args(argv)
     try:
-        overrides = [parse_set(item) for item in args.set]
-        overrides += [(key, getattr(args, flag)) for flag, key in FLAGS.items() if getattr(args, flag, None) is not None]
-        cfg = load_config(args.command, args.config, overrides)
+        cfg = load_config(args.command, args.config, overrides(args))
     except ConfigError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

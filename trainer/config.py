@@ -187,7 +187,7 @@ class RayConfig(_Section):
 class _JobConfig(_Section):
     output_dir: str = Field(description="local directory for the report, plots and exported embeddings")
     ray: RayConfig = Field(default_factory=RayConfig, description="local Ray settings (ignored when RAY_ADDRESS is set)")
-    progress: bool = Field(True, description="show Ray Data progress bars")
+    progress: bool = Field(True, description="show Ray Data progress bars (--no-progress sets false)")
 
     @field_validator("output_dir")
     @classmethod

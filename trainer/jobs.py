@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from trainer.errors import JobError
-from trainer.reports import REPORT, write_json
+from trainer.reports import EPOCH_BASE, REPORT, write_json
 
 if TYPE_CHECKING:
     from trainer.config import FinetuneConfig, PretrainConfig
@@ -53,7 +53,7 @@ def fit(
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from trainer.checkpoint import read_meta
+    from trainer.checkpoint import read_checkpoint_meta
     from trainer.ingest import featurize
     from trainer.recipe import RecipeConfig, train_loop_per_worker
 
@@ -110,16 +110,19 @@ def fit(
     result = trainer.fit()
     if result.checkpoint is None:
         raise JobError(f"run {cfg.name!r} finished without reporting a checkpoint")
-    with result.checkpoint.as_directory() as directory:
-        meta = read_meta(directory)
+    meta = read_checkpoint_meta(result.checkpoint)
     metric = cfg.checkpoint.metric
     pick = max if cfg.checkpoint.mode == "max" else min
     best_ckpt, best_metrics = pick(result.best_checkpoints or [(result.checkpoint, meta["metrics"])], key=lambda cm: cm[1][metric])
+    # The best epoch is the one its checkpoint's meta.json names (1-based, renumbered if an
+    # older version wrote it), not Ray's copy of the metrics, which keeps the numbering of
+    # whichever version reported them.
+    best_meta = meta if best_ckpt.path == result.checkpoint.path else read_checkpoint_meta(best_ckpt)
     latest = _checkpoint_uri(result.checkpoint.path, storage)
     return {
         "meta": meta,
         "latest_checkpoint": latest,
-        "best_checkpoint": {"path": _checkpoint_uri(best_ckpt.path, storage), "epoch": best_metrics["epoch"], "metric": metric, "value": best_metrics[metric]},
+        "best_checkpoint": {"path": _checkpoint_uri(best_ckpt.path, storage), "epoch": best_meta["epoch"], "metric": metric, "value": best_metrics[metric]},
         "run_path": latest.rstrip("/").rsplit("/", 1)[0],
     }
 
@@ -147,10 +150,11 @@ def _report(cfg: PretrainConfig | FinetuneConfig, job: str, prepared: PreparedDa
         "data": prepared.summary,
         "model": meta["model"],
         "features": meta["features"],
-        "epochs_completed": meta["epoch"] + 1,
+        "epoch_base": EPOCH_BASE,  # history, attempts and best_checkpoint number epochs from 1
+        "epochs_completed": meta["epoch"],  # the number of the last epoch completed = how many
         "global_step": meta["global_step"],
         "attempts": meta["attempts"],
-        "resumed": len(meta["attempts"]) > 1 or meta["attempts"][0]["start_epoch"] > 0,
+        "resumed": len(meta["attempts"]) > 1 or meta["attempts"][0]["start_epoch"] > EPOCH_BASE,
         "history": history,
         "final_metrics": history[-1] if history else None,
         "best_checkpoint": outcome["best_checkpoint"],

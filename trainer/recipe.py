@@ -43,7 +43,10 @@ class RecipeConfig:
 
 
 def lr_factor(epoch: int, epochs: int, warmup: int) -> float:
-    """Linear warm-up over ``warmup`` epochs, then cosine decay to 5% of the peak."""
+    """Linear warm-up over ``warmup`` epochs, then cosine decay to 5% of the peak.
+
+    ``epoch`` is the LR scheduler's own step count (0 before the first epoch's step), not
+    the 1-based epoch number the run reports."""
     if epoch < warmup:
         return (epoch + 1) / (warmup + 1)
     progress = (epoch - warmup) / max(1, epochs - warmup)
@@ -102,6 +105,7 @@ class SERTrainRecipe:
         ocfg = self.cfg.optim
         self.optimizer = torch.optim.AdamW(params, lr=ocfg.lr, weight_decay=ocfg.weight_decay)
         epochs, warmup = self.tcfg.epochs, ocfg.warmup_epochs
+        # LambdaLR passes its own 0-based step count (saved with the scheduler's state).
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: lr_factor(e, epochs, warmup))
 
         self.amp_dtype = self._amp_dtype(torch)
@@ -109,7 +113,9 @@ class SERTrainRecipe:
         weights = self.cfg.class_weights
         self.class_weights = torch.tensor(weights, dtype=torch.float32, device=self.device) if weights else None
 
-        self.state = {"epoch": -1, "global_step": 0, "history": [], "attempts": [], "best": None}
+        # Epochs are numbered from 1 (epoch 1 is the first pass over the training data);
+        # state["epoch"] is the last epoch completed, 0 before the first.
+        self.state = {"epoch": 0, "global_step": 0, "history": [], "attempts": [], "best": None}
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is not None:
             with checkpoint.as_directory() as directory:
@@ -118,8 +124,10 @@ class SERTrainRecipe:
             self.optimizer.load_state_dict(train_state["optimizer"])
             self.scheduler.load_state_dict(train_state["scheduler"])
             self.scaler.load_state_dict(train_state["scaler"])
+            # load_states -> read_meta renumbers a checkpoint written 0-based by an older
+            # version (renumber_epochs), so meta["epoch"] is 1-based here either way.
             self.state = {k: meta[k] for k in self.state}
-        self.start_epoch = self.state["epoch"] + 1
+        self.start_epoch = self.state["epoch"] + 1  # the first epoch this attempt runs
         self.state["attempts"].append({
             "start_epoch": self.start_epoch,
             "start_global_step": self.state["global_step"],
@@ -155,7 +163,7 @@ class SERTrainRecipe:
 
     def train(self) -> None:
         epochs = self.tcfg.epochs
-        for epoch in range(self.start_epoch, epochs):
+        for epoch in range(self.start_epoch, epochs + 1):  # 1-based: epochs 1 .. epochs
             t0 = time.time()
             train_stats = self._run_epoch(self.train_shard, train=True)
             val_stats = self._run_epoch(self.val_shard, train=False)
@@ -185,7 +193,7 @@ class SERTrainRecipe:
                 # The one-line progress log. Logged, not printed: Ray Train tees print() to
                 # stdout and its logger, which shows every line twice on the driver.
                 logger.info(
-                    f"[{self.cfg.job}] epoch {epoch + 1}/{epochs} step {metrics['global_step']} "
+                    f"[{self.cfg.job}] epoch {epoch}/{epochs} step {metrics['global_step']} "
                     f"train_loss {metrics['train_loss']:.4f} val_loss {metrics['val_loss']:.4f} "
                     f"val_ua {metrics['val_ua']:.3f} val_wa {metrics['val_wa']:.3f} val_f1 {metrics['val_macro_f1']:.3f} "
                     f"({metrics['train_rows']} rows, {seconds:.1f}s)"

@@ -9,7 +9,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from trainer.reports import completed_report, write_json
+from trainer.reports import EPOCH_BASE, completed_report, write_json
 
 if TYPE_CHECKING:
     from trainer.config import SweepConfig
@@ -64,7 +64,7 @@ def sweep(cfg: SweepConfig) -> dict[str, Any]:
                 "test_ua": test.get("ua"),
                 "test_wa": test.get("wa"),
                 "test_macro_f1": test.get("macro_f1"),
-                "best_val": report["best_checkpoint"],
+                "best_val": report["best_checkpoint"],  # its epoch numbered from 1 (completed_report renumbers old reports)
                 "report": os.path.join(arm_dir, "report.json"),
             })
             print(f"[sweep] {fraction:.0%} {arm}: {rows[-1]['train_rows']} training rows, test UA {rows[-1]['test_ua']}", flush=True)
@@ -72,6 +72,7 @@ def sweep(cfg: SweepConfig) -> dict[str, Any]:
         "command": "sweep",
         "status": "completed",
         "wall_time_s": round(time.time() - started, 2),
+        "epoch_base": EPOCH_BASE,  # results[i].best_val.epoch counts from 1
         "init_checkpoint": init,
         "pretrained_on": {"taxonomy": meta["taxonomy"], "job": meta.get("job")},
         "data": prepared.summary,

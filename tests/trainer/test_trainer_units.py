@@ -234,3 +234,64 @@ def test_resume_false_refuses_to_reuse_a_run_name(tmp_path):
     (run / "checkpoint_manager_snapshot.json").write_text("{}")
     with pytest.raises(JobError, match="a run named 'taken' already exists"):
         fit(cfg, job="pretrain", prepared=None, model={}, features={})
+
+
+# --------------------------------------------------------------------------- epochs, CLI flags
+
+
+def test_checkpoints_and_reports_of_older_versions_are_read_with_epochs_from_1(tmp_path):
+    """Older versions wrote 0-based epochs and no epoch_base; reading them back (resume,
+    sweep reruns) renumbers them once, and files already numbered from 1 stay as they are."""
+    import json
+
+    from trainer.checkpoint import FORMAT, read_meta
+    from trainer.reports import completed_report
+
+    old_meta = {
+        "format": FORMAT, "epoch": 2, "global_step": 30, "metrics": {"epoch": 2, "val_ua": 0.7},
+        "best": {"epoch": 1, "metric": "val_ua", "value": 0.8},
+        "history": [{"epoch": e, "attempt": int(e >= 2)} for e in range(3)],
+        "attempts": [{"start_epoch": 0}, {"start_epoch": 2}],
+    }
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "meta.json").write_text(json.dumps(old_meta))
+    meta = read_meta(str(tmp_path / "old"))
+    # three epochs done: a resumed run continues at state["epoch"] + 1 = 4, the fourth pass
+    assert meta["epoch"] == 3 and meta["metrics"]["epoch"] == 3 and meta["best"]["epoch"] == 2
+    assert [h["epoch"] for h in meta["history"]] == [1, 2, 3] and [a["start_epoch"] for a in meta["attempts"]] == [1, 3]
+    assert meta["epoch_base"] == 1
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "meta.json").write_text(json.dumps(meta))
+    assert read_meta(str(tmp_path / "new")) == meta  # not renumbered twice
+
+    old_report = {
+        "status": "completed", "epochs_completed": 3, "config": {"train": {"epochs": 3}},
+        "best_checkpoint": {"path": "p", "epoch": 1, "metric": "val_ua", "value": 0.8},
+        "history": [{"epoch": e} for e in range(3)], "final_metrics": {"epoch": 2}, "attempts": [{"start_epoch": 0}],
+    }
+    (tmp_path / "report.json").write_text(json.dumps(old_report))
+    report = completed_report(str(tmp_path))
+    assert report["best_checkpoint"]["epoch"] == 2 and report["final_metrics"]["epoch"] == 3
+    assert [h["epoch"] for h in report["history"]] == [1, 2, 3] and report["attempts"][0]["start_epoch"] == 1
+    assert report["epochs_completed"] == 3 and report["config"]["train"]["epochs"] == 3  # counts, not epoch numbers
+
+
+def test_summary_line_names_the_reports_best_epoch():
+    from trainer.cli import _summary
+
+    report = {"epochs_completed": 9, "best_checkpoint": {"metric": "val_ua", "value": 0.6741, "epoch": 8}}
+    assert "9 epochs, best val_ua 0.674 (epoch 8);" in _summary("pretrain", report, "out")
+
+
+@pytest.mark.parametrize("command", ["pretrain", "finetune", "evaluate", "sweep"])
+def test_no_progress_flag_sets_progress_false_on_every_command(command):
+    from trainer.cli import build_parser, overrides
+    from trainer.config import apply_override
+
+    assert ("progress", False) in overrides(build_parser().parse_args([command, "--no-progress"]))
+    assert not any(key == "progress" for key, _ in overrides(build_parser().parse_args([command])))
+    # the flag wins over --set progress=true, as every shortcut flag follows --set
+    data: dict = {}
+    for key, value in overrides(build_parser().parse_args([command, "--set", "progress=true", "--no-progress"])):
+        apply_override(data, key, value)
+    assert data["progress"] is False
