@@ -182,7 +182,7 @@ def test_label_job_spreads_over_two_nodes(two_node_cluster, tmp_path):
         time.sleep(2)
     logs = client.get_job_logs(job)
     assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs[-4000:]
-    assert "rows: 7 in, 7 out" in logs and "labels table:" in logs and "reports/" in logs
+    assert "files: 7 in -> 7 rows out" in logs and "labels table:" in logs and "reports/" in logs
 
     # The table the job wrote, read back with DuckDB.
     rows = duckdb.sql(
