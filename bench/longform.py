@@ -49,6 +49,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+from bench.speech import Prompt, asterisk_prompts
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -58,13 +60,6 @@ SR = 16_000
 PROMPT_MIN_S, PROMPT_MAX_S = 2.5, 8.0  # single-sentence prompts, as the segmentation tests use
 PAUSE_MIN_S, PAUSE_MAX_S = 0.6, 2.0
 LEAD_S = 1.0
-
-
-@dataclass(frozen=True)
-class Prompt:
-    path: str
-    text: str
-    duration_s: float
 
 
 @dataclass(frozen=True)
@@ -80,31 +75,6 @@ class Recording:
 
 
 # -- recordings ------------------------------------------------------------------------
-def prompt_pool(min_s: float = PROMPT_MIN_S, max_s: float = PROMPT_MAX_S) -> list[Prompt]:
-    """The top-level Asterisk prompts that are one sentence and ``min_s``-``max_s`` long, by name."""
-    import gzip
-    import re
-
-    import soundfile as sf
-
-    from bench.speech import SOUNDS, TEXTS
-
-    if not os.path.isdir(SOUNDS) or not os.path.exists(TEXTS):
-        raise SystemExit("needs Debian packages asterisk-core-sounds-en-wav and asterisk-core-sounds-en (make debs)")
-    out = []
-    with gzip.open(TEXTS, "rt", encoding="utf-8", errors="replace") as f:
-        for line in f:
-            m = re.match(r"^([\w-]+):\s*(.+)$", line.strip())  # top-level prompts only
-            if not m or m.group(2).startswith("[") or re.search(r"[.!?]\s+\S", m.group(2)):
-                continue
-            path = os.path.join(SOUNDS, f"{m.group(1)}.wav")
-            if os.path.exists(path):
-                dur = sf.info(path).duration
-                if min_s <= dur <= max_s:
-                    out.append(Prompt(path, m.group(2), dur))
-    return sorted(out, key=lambda p: p.path)
-
-
 def _resample(x, src: int, dst: int):
     import numpy as np
 
@@ -322,7 +292,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     cfg = load_config(args.config, {"ray.progress": False})
-    pool = prompt_pool()
+    pool = asterisk_prompts(PROMPT_MIN_S, PROMPT_MAX_S)
     work = tempfile.mkdtemp(prefix="lanser-longform-")
     load = _LoadSampler()
     t_start = time.perf_counter()

@@ -18,10 +18,9 @@ class Clip:
     reference: str
 
 
-def asterisk_clips(min_total_s: float = 300.0, min_clip_s: float = 1.0, limit: int | None = None) -> list[Clip]:
-    """The first prompts (sorted by name) with a spoken reference, until ``min_total_s`` of audio."""
-    import soundfile as sf
-
+def asterisk_references() -> dict[str, str]:
+    """Prompt name (``vm-options``, ``digits/1``) -> its spoken reference text; non-speech
+    entries (``[this is a simple beep tone]``) left out."""
     if not os.path.isdir(SOUNDS) or not os.path.exists(TEXTS):
         raise SystemExit("needs Debian packages asterisk-core-sounds-en-wav and asterisk-core-sounds-en (make debs)")
     refs = {}
@@ -30,6 +29,14 @@ def asterisk_clips(min_total_s: float = 300.0, min_clip_s: float = 1.0, limit: i
             m = re.match(r"^([\w/-]+):\s*(.+)$", line.strip())
             if m and not m.group(2).startswith("["):
                 refs[m.group(1)] = m.group(2)
+    return refs
+
+
+def asterisk_clips(min_total_s: float = 300.0, min_clip_s: float = 1.0, limit: int | None = None) -> list[Clip]:
+    """The first prompts (sorted by name) with a spoken reference, until ``min_total_s`` of audio."""
+    import soundfile as sf
+
+    refs = asterisk_references()
     clips, total = [], 0.0
     for name in sorted(refs):
         path = os.path.join(SOUNDS, name + ".wav")
@@ -43,6 +50,30 @@ def asterisk_clips(min_total_s: float = 300.0, min_clip_s: float = 1.0, limit: i
         if total >= min_total_s or (limit and len(clips) >= limit):
             break
     return clips
+
+
+@dataclass(frozen=True)
+class Prompt:
+    path: str
+    text: str
+    duration_s: float
+
+
+def asterisk_prompts(min_s: float = 2.5, max_s: float = 8.0) -> list[Prompt]:
+    """The top-level prompts that are one sentence (no sentence end inside the reference) and
+    ``min_s``-``max_s`` long, by path: the pieces long recordings are built from."""
+    import soundfile as sf
+
+    out = []
+    for name, text in asterisk_references().items():
+        if "/" in name or re.search(r"[.!?]\s+\S", text):
+            continue
+        path = os.path.join(SOUNDS, f"{name}.wav")
+        if os.path.exists(path):
+            dur = sf.info(path).duration
+            if min_s <= dur <= max_s:
+                out.append(Prompt(path, text, dur))
+    return sorted(out, key=lambda p: p.path)
 
 
 def wer(references: list[str], hypotheses: list[str]) -> float:

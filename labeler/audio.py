@@ -7,9 +7,11 @@ build). Nothing here imports torch or a model.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
@@ -43,9 +45,17 @@ def read_bytes(uri: str) -> bytes:
     """
     from labeler.io import open_input_stream
 
-    try:
+    with read_errors(uri):
         with open_input_stream(uri) as f:
             return f.read()
+
+
+@contextlib.contextmanager
+def read_errors(uri: str) -> Iterator[None]:
+    """Turn the OS errors of opening or reading ``uri`` into :class:`AudioError` with a
+    readable reason (missing, a directory, permission, other)."""
+    try:
+        yield
     except FileNotFoundError:
         raise AudioError(f"file not found: {uri}") from None
     except IsADirectoryError:

@@ -95,23 +95,21 @@ class TranscriptCache:
         if t is None or t.num_rows == 0:
             return cls.empty()
         # newest transcription per (file, settings) wins, kept whole (its utterances share created_at)
-        t = t.sort_by([("asr_config_hash", "ascending"), ("audio_sha256", "ascending"), ("created_at", "descending"),
+        t = t.sort_by([("audio_sha256", "ascending"), ("asr_config_hash", "ascending"), ("created_at", "descending"),
                        ("segment_index", "ascending")])
-        sha = pc.binary_join_element_wise(t.column("audio_sha256"), t.column("asr_config_hash"), "\x00")
-        sha = sha.to_numpy(zero_copy_only=False)
+        sha = t.column("audio_sha256").to_numpy(zero_copy_only=False)
+        cfg = t.column("asr_config_hash").to_numpy(zero_copy_only=False)
         created = t.column("created_at").cast(pa.int64()).to_numpy()
-        new_file = np.ones(len(sha), bool)
-        new_file[1:] = sha[1:] != sha[:-1]
-        first_created = created[np.maximum.accumulate(np.where(new_file, np.arange(len(sha)), 0))]
-        keep = created == first_created
-        t = t.filter(pa.array(keep))
-        sha = sha[keep]
-        starts = np.flatnonzero(np.r_[True, sha[1:] != sha[:-1]])
-        counts = np.diff(np.r_[starts, len(sha)])
+        group = np.cumsum(np.r_[True, (sha[1:] != sha[:-1]) | (cfg[1:] != cfg[:-1])]) - 1  # (file, settings) of each row
+        newest = created[np.r_[0, np.flatnonzero(np.diff(group)) + 1]]  # rows are newest first within a group
+        keep = created == newest[group]
+        t, sha, cfg, group = t.filter(pa.array(keep)), sha[keep], cfg[keep], group[keep]
+        starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+        counts = np.diff(np.r_[starts, len(group)])
         expected = t.column("segment_count").fill_null(1).to_numpy()[starts]
-        complete = counts == expected  # a file with a missing utterance is not a hit
-        keys = np.array([key64(*s.split("\x00")) for s in sha[starts]], dtype=np.uint64)
-        order = [i for i in np.argsort(keys, kind="stable") if complete[i]]
+        keys = np.array([key64(sha[i], cfg[i]) for i in starts], dtype=np.uint64)
+        # a transcription missing one of its utterances is not a hit
+        order = [i for i in np.argsort(keys, kind="stable") if counts[i] == expected[i]]
         rows = np.concatenate([np.arange(starts[i], starts[i] + counts[i]) for i in order]) if order else np.zeros(0, np.int64)
         offsets = np.r_[0, np.cumsum(counts[order])].astype(np.int64)
         return cls(keys[order], offsets, t.select(cols).take(pa.array(rows, pa.int64())))

@@ -182,8 +182,8 @@ def _pad(pieces: list[list[Word]], pad_s: float, duration: float) -> list[Uttera
     for i, p in enumerate(pieces):
         lo = 0.0 if i == 0 else (pieces[i - 1][-1].end + p[0].start) / 2
         hi = duration if i + 1 == len(pieces) else (p[-1].end + pieces[i + 1][0].start) / 2
-        start = max(lo, min(p[0].start, p[0].start - pad_s))
-        end = min(hi, max(p[-1].end, p[-1].end + pad_s))
+        start = max(lo, p[0].start - pad_s)
+        end = min(hi, p[-1].end + pad_s)
         out.append(Utterance(round(max(0.0, start), 3), round(min(duration, end), 3), tuple(p)))
     return out
 

@@ -148,41 +148,17 @@ def build_smollm2(out: Path) -> Path:
     return save_model_folder(out, model, tok)
 
 
-ASTERISK_SOUNDS = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
-ASTERISK_TEXTS = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")
-
-
-def asterisk_prompts(min_s: float = 2.5, max_s: float = 8.0) -> list[tuple[str, str]]:
-    """(wav path, reference text) of the Asterisk prompts (Debian asterisk-core-sounds-en*:
-    one real human voice, 8 kHz) that are one sentence and ``min_s``-``max_s`` long, sorted by name."""
-    import gzip
-    import re
-
-    import soundfile as sf
-
-    if not ASTERISK_SOUNDS.is_dir() or not ASTERISK_TEXTS.exists():
-        raise RuntimeError("needs Debian packages asterisk-core-sounds-en-wav and asterisk-core-sounds-en (make debs)")
-    out = []
-    with gzip.open(ASTERISK_TEXTS, "rt", encoding="utf-8", errors="replace") as f:
-        for line in f:
-            m = re.match(r"^([\w-]+):\s*(.+)$", line.strip())  # top-level prompts only
-            if not m or m.group(2).startswith("[") or re.search(r"[.!?]\s+\S", m.group(2)):
-                continue
-            path = ASTERISK_SOUNDS / f"{m.group(1)}.wav"
-            if path.exists() and min_s <= sf.info(str(path)).duration <= max_s:
-                out.append((str(path), m.group(2)))
-    return sorted(out)
-
-
-def long_recording(prompts: list[tuple[str, str]], pauses_s: list[float], lead_s: float = 1.0,
+def long_recording(prompts: list, pauses_s: list[float], lead_s: float = 1.0,
                    sample_rate: int = 16_000) -> tuple[np.ndarray, list[tuple[float, float, str]]]:
-    """The prompts one after another with the given pauses between them (and ``lead_s`` of
-    silence at both ends): the waveform, and each prompt's (start_s, end_s, text) in it."""
+    """The prompts (``bench.speech.asterisk_prompts``) one after another with the given pauses
+    between them (and ``lead_s`` of silence at both ends): the waveform, and each prompt's
+    (start_s, end_s, text) in it."""
     import soundfile as sf
 
     pieces = [np.zeros(int(lead_s * sample_rate), np.float32)]
     truth, t = [], lead_s
-    for k, (path, text) in enumerate(prompts):
+    for k, prompt in enumerate(prompts):
+        path, text = prompt.path, prompt.text
         x, sr = sf.read(path, dtype="float32")
         x = resample(x if x.ndim == 1 else x.mean(axis=1), sr, sample_rate)
         pieces.append(x)

@@ -167,10 +167,10 @@ def _open_input_file(uri: str):
     the bytes a seek needs are read. Errors read as :func:`labeler.audio.read_bytes` words them."""
     import contextlib
 
-    from labeler.audio import AudioError
+    from labeler.audio import read_errors
     from labeler.io import filesystem, is_local, local_path
 
-    try:
+    with read_errors(uri):
         if is_local(uri):
             path = local_path(uri)
             with open(path, "rb"):  # the errors read_bytes gives (missing, a directory, permissions)
@@ -178,14 +178,6 @@ def _open_input_file(uri: str):
             return contextlib.nullcontext(path)
         fs, path = filesystem(uri)
         return fs.open_input_file(path)
-    except FileNotFoundError:
-        raise AudioError(f"file not found: {uri}") from None
-    except IsADirectoryError:
-        raise AudioError(f"is a directory, not an audio file: {uri}") from None
-    except PermissionError:
-        raise AudioError(f"permission denied: {uri}") from None
-    except OSError as exc:
-        raise AudioError(f"cannot read {uri}: {exc}") from None
 
 
 def _tail(frame, skip: int):

@@ -17,8 +17,8 @@ import duckdb
 import numpy as np
 import pytest
 
-from bench.speech import wer
-from fixtures import REPO, asterisk_prompts, load_sample, long_recording, write_audio
+from bench.speech import asterisk_prompts, wer
+from fixtures import REPO, load_sample, long_recording, write_audio
 
 DEMO = str(REPO / "labeler" / "configs" / "demo.yaml")
 #: Small batches and files, so a recording's utterances spread over several parts (and a
