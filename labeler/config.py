@@ -41,7 +41,9 @@ class DecodeConfig(_Strict):
     num_cpus: float = Field(0.25, gt=0, description="logical CPUs reserved per decode actor")
     concurrency: Concurrency = Field(1, description="decode actors: a fixed count, or (min, max) to autoscale (one keeps up with a CPU ASR actor; raise it on a cluster)")
     rows_per_block: int = Field(16, ge=1, le=100_000, description="input rows per decode batch")
-    max_duration_s: float = Field(4 * 3600.0, gt=0, description="longer recordings become error rows instead of exhausting memory")
+    max_duration_s: float = Field(4 * 3600.0, gt=0, description="longer recordings become error rows (found while decoding, which stops there): a bound on one row's ASR time, not on memory")
+    stream_above_s: float = Field(600.0, gt=0, description="a recording to be segmented that is longer than this does not travel with its audio: its row carries the speech regions only and ASR reads the audio again from the file, a window at a time (600 s: at most 38 MB of float32 in a row or an actor, whatever the recording's length)")
+    read_whole_max_mb: float = Field(64.0, ge=0, description="a file up to this size is read once into memory (hashed and decoded from there); a larger one is hashed in a streaming read and then decoded from its URI, so neither its bytes nor its audio are ever held whole")
 
 #: Stock phrases Whisper is known to produce on silence, music and noise (its training data's
 #: subtitle credits and video outros). An utterance whose whole text is one of them is dropped.
@@ -70,6 +72,7 @@ class SegmentConfig(_Strict):
     vad_threshold: float = Field(0.5, gt=0, lt=1, description="Silero VAD speech probability threshold (its authors' default)")
     vad_min_silence_ms: int = Field(300, ge=50, description="VAD: a silence this long ends a speech region (short, so regions stay sentence-sized and pack well; utterances are rebuilt from words anyway)")
     vad_speech_pad_ms: int = Field(200, ge=0, description="VAD: padding on each side of a speech region, so word onsets and offsets are not clipped")
+    vad_window_s: float = Field(600.0, ge=30, description="VAD reads a recording in windows of this length, each cut at a pause (never inside a speech region), so its memory stays bounded for any length; a file no longer than this is one window")
     max_region_s: float = Field(29.0, ge=5, le=29.5, description="longest speech region sent to ASR (VAD splits longer speech at its quietest point); at most Whisper's 30-s window")
     split_gap_s: float = Field(0.7, gt=0, description="a pause between words this long always ends an utterance (sentence pauses in read and conversational speech are 0.5-1 s; within-sentence pauses rarely reach 0.7 s)")
     target_min_s: float = Field(3.0, gt=0, description="a sentence end (. ! ?) ends an utterance once it is this long (the lower end of the 3-10 s aim)")
@@ -97,6 +100,9 @@ class SegmentConfig(_Strict):
     def _lengths_ok(self) -> "SegmentConfig":
         if not self.min_s <= self.target_min_s <= self.target_max_s <= self.max_s:
             raise ValueError(f"need min_s <= target_min_s <= target_max_s <= max_s, got {self.min_s}, {self.target_min_s}, {self.target_max_s}, {self.max_s}")
+        if self.vad_window_s < self.max_region_s + 5:
+            raise ValueError(f"segment.vad_window_s ({self.vad_window_s}) must be at least max_region_s + 5 s ({self.max_region_s + 5}): "
+                             "a window is cut before the speech region that crosses its end")
         return self
 
     def applies(self, duration_s: float) -> bool:

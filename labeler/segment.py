@@ -95,6 +95,55 @@ def speech_regions(waveform: np.ndarray, cfg: SegmentConfig, sample_rate: int = 
     return out
 
 
+class WindowedVAD:
+    """:func:`speech_regions` over a recording fed in blocks, holding at most about
+    ``cfg.vad_window_s`` of it: each full window is cut at a pause (the speech region that
+    crosses its last ``_CARRY_S`` seconds starts the next window), so no region is split by
+    a window's edge. A recording no longer than one window gets exactly the regions of
+    :func:`speech_regions` on the whole of it. VAD runs only on full windows and at
+    :meth:`finish`, so a clip that turns out too short to segment costs nothing."""
+
+    _CARRY_S = 2.0
+
+    def __init__(self, cfg: SegmentConfig, sample_rate: int = 16_000) -> None:
+        self.cfg, self.sr = cfg, sample_rate
+        self.window = int(cfg.vad_window_s * sample_rate)
+        self.blocks: list[np.ndarray] = []
+        self.held = 0
+        self.offset = 0  # samples of the recording before the held ones
+        self.regions: list[tuple[float, float]] = []
+
+    def feed(self, block: np.ndarray) -> None:
+        self.blocks.append(block)
+        self.held += block.size
+        while self.held >= self.window:
+            self._window()
+
+    def finish(self, run: bool = True) -> list[tuple[float, float]]:
+        """The regions of the whole recording, in seconds (``run=False``: the rest is not
+        examined, for a recording that turned out not to be segmented)."""
+        if run and self.held:
+            x = np.concatenate(self.blocks)
+            self.regions += [(self.offset / self.sr + s, self.offset / self.sr + e) for s, e in speech_regions(x, self.cfg, self.sr)]
+        self.blocks, self.held = [], 0
+        return self.regions
+
+    def _window(self) -> None:
+        x = np.concatenate(self.blocks)
+        win = x[:self.window]
+        found = speech_regions(win, self.cfg, self.sr)
+        cut = len(win) / self.sr - self._CARRY_S
+        for s, e in found:
+            if s < cut < e or s >= cut:
+                cut = s  # a region that crosses the cut, or starts after it, goes to the next window
+                break
+        cut_n = max(int(cut * self.sr), self.sr)  # always move on (regions are at most 29.5 s)
+        base = self.offset / self.sr
+        self.regions += [(base + s, base + e) for s, e in found if e <= cut_n / self.sr]
+        rest = x[cut_n:]
+        self.blocks, self.held, self.offset = [rest], rest.size, self.offset + cut_n
+
+
 def cap_words(words: Sequence[Word], max_word_s: float) -> list[Word]:
     """Words in time order, each at most ``max_word_s`` long and not overlapping the next."""
     ws = sorted(words, key=lambda w: (w.start, w.end))

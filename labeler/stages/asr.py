@@ -1,8 +1,10 @@
 """ASR: faster-whisper over the decoded audio of a batch (:mod:`labeler.models.whisper`).
 
 Rows with ``audio`` are transcribed, all of a batch at once so short clips and the speech
-regions of long recordings share packed 30-s windows; rows without (an error, or an
-utterance from the transcript cache) pass through. A short clip stays one row, its
+regions of long recordings share packed 30-s windows; a recording too long to travel with
+its audio (``decode.stream_above_s``) comes with its speech regions only and is read again
+from its file, a bounded window at a time. Rows with neither (an error, or an utterance
+from the transcript cache) pass through. A short clip stays one row, its
 transcript that of the whole clip. A recording with speech regions (``speech``, from
 decode) is transcribed region by region with word timestamps and becomes its utterance
 rows (:mod:`labeler.segment`), or, when no utterance survives, one row that abstains with
@@ -49,6 +51,7 @@ class ASRStage(Stage):
         self.asr = cfg.asr
         self.segment = cfg.segment
         self.whole_hash, self.segmented_hash = cfg.asr.config_hash(), cfg.segmented_hash()
+        self.stream_window_s = cfg.decode.stream_above_s
         self._model = None
 
     @classmethod
@@ -72,14 +75,17 @@ class ASRStage(Stage):
         jobs: list[tuple[int, float, float]] = []  # (row, start_s, end_s); end < 0: the whole clip
         first_of: dict[str, int] = {}
         same_as: dict[int, int] = {}
+        streamed: list[int] = []  # long recordings that travel without their audio
         for i, r in enumerate(rows):
-            if r["error"] is not None or r["audio"] is None:
+            if not _to_transcribe(r):
                 continue
             if r["audio_sha256"] in first_of:
                 same_as[i] = first_of[r["audio_sha256"]]
                 continue
             first_of[r["audio_sha256"]] = i
-            if r["speech"] is None:
+            if r["audio"] is None:
+                streamed.append(i)
+            elif r["speech"] is None:
                 jobs.append((i, 0.0, -1.0))
             else:
                 jobs.extend((i, float(s), float(e)) for s, e in r["speech"])
@@ -87,11 +93,13 @@ class ASRStage(Stage):
         by_row: dict[int, list] = {}
         for (i, s, _), res in zip(jobs, results):
             by_row.setdefault(i, []).append((s, res))
+        for i in streamed:
+            by_row[i] = self._transcribe_streamed(rows[i])
 
         out: dict[str, list] = {c: [] for c in (*_OUT, "asr_config_hash", "parent_row")}
         emitted: list[int] = []  # output rows of the files transcribed here (first copies)
         for i, r in enumerate(rows):
-            if r["error"] is not None or r["audio"] is None:
+            if not _to_transcribe(r):
                 new = [{c: r.get(c) for c in _OUT}]  # an error, or an utterance from the cache
                 new[0]["asr_config_hash"] = r["asr_config_hash"] or self.whole_hash
             else:
@@ -116,16 +124,48 @@ class ASRStage(Stage):
         return written
 
     def _transcribe(self, rows: list[dict], jobs: list[tuple[int, float, float]]) -> list:
-        model = self.model
         waves, words = [], []
         for i, s, e in jobs:
             audio = np.frombuffer(rows[i]["audio"], dtype=np.float32)
             waves.append(audio if e < 0 else audio[int(round(s * SAMPLE_RATE)):int(round(e * SAMPLE_RATE))])
             words.append(e >= 0)
+        return self._run(waves, words)
+
+    def _run(self, waves: list[np.ndarray], words: list[bool]) -> list:
+        model = self.model
         before = dict(model.stats)
         results = model.transcribe_batch(waves, words=words)
         self.count(**{k: v - before.get(k, 0) for k, v in model.stats.items()})
         return results
+
+    def _transcribe_streamed(self, r: dict) -> list:
+        """A long recording's speech regions, read again from its file a window at a time
+        (``decode.stream_above_s`` of speech per window, the next one decoded while this one
+        is transcribed): [(region start, result)], like the regions of a row with audio. A
+        file that no longer has the length decode saw fails the whole recording."""
+        from labeler.audio import SAMPLE_RATE as SR, AudioError, PcmStream, prefetch, spans_of_stream
+
+        regions = [(float(s), float(e)) for s, e in r["speech"]]
+        seen = [0]
+
+        def blocks():
+            for block in PcmStream(r["uri"]):
+                seen[0] += block.size
+                yield block
+
+        done: list = []
+        try:
+            for group in prefetch(spans_of_stream(blocks(), regions, self.stream_window_s)):
+                results = self._run([w for _, w in group], [True] * len(group))
+                done += [(regions[k][0], res) for (k, _), res in zip(group, results)]
+                self.count(streamed_windows=1)
+        except (AudioError, OSError) as exc:  # unreadable now: the recording's row says so (a device failure still raises)
+            return [(0.0, RecordingError(f"reading the recording again: {exc}"))]
+        if abs(seen[0] / SR - float(r["duration_s"])) > 0.05:
+            return [(0.0, RecordingError(f"the file changed during the run ({seen[0] / SR:.1f} s of audio now, "
+                                         f"{float(r['duration_s']):.1f} s when decoded)"))]
+        self.count(sources_streamed=1)
+        return done
 
     def _whole(self, r: dict, done: list) -> dict:
         """A short clip: one row, the whole clip's transcript (or its error)."""
@@ -144,7 +184,8 @@ class ASRStage(Stage):
         failed = [(s, res) for s, res in done if isinstance(res, Exception)]
         if failed:
             s, res = failed[0]
-            return [{**base, "error": stage_error(self.name, RuntimeError(f"speech region at {s:.1f} s: {res}"))}]
+            why = res if isinstance(res, RecordingError) else RuntimeError(f"speech region at {s:.1f} s: {res}")
+            return [{**base, "error": stage_error(self.name, why)}]
         words: list[Word] = []
         langs: Counter = Counter()
         lang_probs = []
@@ -177,3 +218,13 @@ class ASRStage(Stage):
         entry["segment_count"] = entry.pop("source_utterances")
         entry["created_at"] = pa.array([dt.datetime.now(dt.timezone.utc)] * len(emitted), S.TIMESTAMP)
         self.emit("transcripts", pa.table(entry))
+
+
+class RecordingError(RuntimeError):
+    """A whole recording failed (its file cannot be read again, or changed), not one region."""
+
+
+def _to_transcribe(r: dict) -> bool:
+    """A row ASR works on: decoded audio, or a long recording's speech regions (its audio is
+    read again from the file). Errors and utterances from the transcript cache pass by."""
+    return r["error"] is None and (r["audio"] is not None or r["speech"] is not None)

@@ -5,19 +5,26 @@ in the transcript cache) is not decoded: it becomes its stored utterance rows, e
 transcript and no ``audio``, so ASR passes them by. A recording that is to be segmented
 (``segment.mode``, :meth:`~labeler.config.SegmentConfig.applies`) also gets its speech
 regions (``speech``, Silero VAD, here on the CPU), which ASR transcribes and cuts into
-utterances. A missing, unreadable, empty, too long or non-audio file becomes a row whose
+utterances.
+
+Memory stays bounded for any length: a file is read once when small (``decode.read_whole_max_mb``)
+or hashed in a streaming read and decoded from its URI; audio is decoded as a stream of
+blocks and VAD runs over bounded windows (``segment.vad_window_s``); a recording longer than
+``decode.stream_above_s`` travels without its audio (ASR reads its speech again from the
+file, a window at a time), so no row carries more than that much float32. A missing, unreadable, empty, too long or non-audio file becomes a row whose
 ``error`` says why; a row that already carries an error passes through untouched.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
+import numpy as np
 import pyarrow as pa
 
 from labeler import schema as S
 from labeler.config import LabelConfig
-from labeler.segment import speech_regions, utterance_id
+from labeler.segment import WindowedVAD, utterance_id
 from labeler.stages.base import Stage, StageContext, columns, fetch, stage_error
 
 
@@ -31,6 +38,8 @@ class DecodeStage(Stage):
     def __init__(self, cfg: LabelConfig, ctx: StageContext) -> None:
         super().__init__(cfg, ctx)
         self.max_duration_s = cfg.decode.max_duration_s
+        self.stream_above_s = cfg.decode.stream_above_s
+        self.read_whole_max_mb = cfg.decode.read_whole_max_mb
         self.segment = cfg.segment
         self.whole_hash, self.segmented_hash = cfg.asr.config_hash(), cfg.segmented_hash()
         # the second pass looks up this run's own transcripts, whatever cache.transcripts says
@@ -44,7 +53,7 @@ class DecodeStage(Stage):
         return {"num_cpus": d.num_cpus, "concurrency": d.concurrency, "batch_size": d.rows_per_block}
 
     def process(self, batch: pa.Table) -> pa.Table:
-        from labeler.audio import AudioError, decode, read_bytes, sha256_hex
+        from labeler.audio import AudioError, read_or_hash
 
         out: dict[str, list] = {c: [] for c in (*self.writes, "parent_row")}
         self.count(transcripts_from_cache=0)
@@ -60,8 +69,7 @@ class DecodeStage(Stage):
                 continue
             sha = duration = None
             try:
-                data = read_bytes(uri)
-                sha = sha256_hex(data)  # kept even when decoding then fails
+                sha, data = read_or_hash(uri, int(self.read_whole_max_mb * 2**20))  # sha kept even when decoding fails
                 self.count(audio_files_read=1)
                 hit = self.cached(sha)
                 if hit is not None:
@@ -81,23 +89,50 @@ class DecodeStage(Stage):
                     row(i, utt_id=source, source_id=source, audio_sha256=sha, source_utterances=1, deferred=True)
                     self.count(copies_deferred=1)
                     continue
-                audio = decode(data)
-                duration = audio.duration_s
-                if duration > self.max_duration_s:
-                    raise AudioError(f"recording is {duration:.0f} s long, over decode.max_duration_s={self.max_duration_s:.0f}")
-                speech = None
-                if self.segment.applies(duration):
-                    speech = [list(r) for r in speech_regions(audio.waveform, self.segment)]
+                if data is not None and not data:
+                    raise AudioError("empty file (0 bytes)")
+                waveform, duration, speech = self.decode(data if data is not None else uri)
+                if speech is not None:
                     self.count(sources_segmented=1, speech_regions=len(speech),
                                speech_region_seconds=sum(e - s for s, e in speech))
+                if speech is not None and waveform is None:
+                    self.count(sources_streamed=1)  # ASR reads its audio again, a window at a time
                 whole = speech is None
                 row(i, utt_id=source, source_id=source, audio_sha256=sha, duration_s=duration,
-                    audio=audio.waveform.tobytes(), speech=speech, source_utterances=1 if whole else None,
+                    audio=None if waveform is None else waveform.tobytes(), speech=speech,
+                    source_utterances=1 if whole else None,
                     segment_index=0 if whole else None, start_s=0.0 if whole else None, end_s=duration if whole else None)
             except Exception as exc:  # AudioError or anything else: a per-file failure is data
                 row(i, utt_id=source, source_id=source, audio_sha256=sha, duration_s=duration,
                     error=stage_error(self.name, exc), source_utterances=1)
         return columns(out)
+
+    def decode(self, source) -> tuple[Optional[np.ndarray], float, Optional[list[list[float]]]]:
+        """(waveform, duration_s, speech regions) of a file, decoded as a stream: the waveform
+        is kept only while the recording is short enough to travel in its row (None for a
+        long recording that is segmented: ASR reads it again); VAD runs on bounded windows.
+        The speech regions are None for a file that is transcribed whole."""
+        from labeler.audio import SAMPLE_RATE, AudioError, PcmStream
+
+        segmenting = self.segment.mode != "off"
+        vad = WindowedVAD(self.segment) if segmenting else None
+        kept: Optional[list[np.ndarray]] = []
+        n = 0
+        for block in PcmStream(source):
+            n += block.size
+            if n > self.max_duration_s * SAMPLE_RATE:
+                raise AudioError(f"recording is over decode.max_duration_s={self.max_duration_s:.0f} s long")
+            if vad is not None:
+                vad.feed(block)
+            if kept is not None:
+                kept.append(block)
+                if n > self.stream_above_s * SAMPLE_RATE and self.segment.applies(n / SAMPLE_RATE):
+                    kept = None  # long: the row carries the speech regions, not the audio
+        duration = n / SAMPLE_RATE
+        applies = self.segment.applies(duration)
+        speech = [list(r) for r in vad.finish(run=applies)] if vad is not None and applies else None
+        waveform = None if kept is None else (np.concatenate(kept) if len(kept) > 1 else kept[0])
+        return waveform, duration, speech
 
     def cached(self, sha: str):
         """The file's stored utterances, if it was transcribed before as this run would: whole

@@ -75,10 +75,10 @@ def clean(corpus, tmp_path_factory):
     return out, proc.stdout
 
 
-def test_recordings_become_utterances_with_their_spans(corpus, clean):
-    _, truth = corpus
-    out, stdout = clean
-    table = rows(out)
+def check_utterances(table, truth):
+    """Each recording's utterance rows against the prompts spoken in it: count within 20%,
+    80% of the true boundaries found within 0.5 s, each utterance's text the words said in
+    its span, and the whole recording reading as its prompts."""
     for source, spans in truth.items():
         mine = [r for r in table if r[0] == source]
         assert abs(len(mine) - len(spans)) <= 0.2 * len(spans), (source, [r[5] for r in mine])
@@ -95,6 +95,13 @@ def test_recordings_become_utterances_with_their_spans(corpus, clean):
             assert r[6] == "labeled" and r[7] is not None and len(r[9]) == 7
         # and the whole recording reads as its prompts
         assert wer([" ".join(t for _, _, t in spans)], [" ".join(r[5] for r in mine)]) <= 15.0
+
+
+def test_recordings_become_utterances_with_their_spans(corpus, clean):
+    _, truth = corpus
+    out, stdout = clean
+    table = rows(out)
+    check_utterances(table, truth)
     m = manifest(out)
     assert m["counts"]["input_rows"] == N_RECORDINGS + 3 and m["counts"]["sources"] == N_RECORDINGS + 3
     assert m["counts"]["segmented_sources"] == N_RECORDINGS
@@ -135,7 +142,7 @@ def test_short_clips_unchanged_in_auto_mode(corpus, clean, tmp_path):
 def test_caches_per_utterance(corpus, clean, tmp_path):
     """A second run reuses every utterance transcript; a segmentation setting invalidates the
     segmented recordings' transcripts and nothing else."""
-    clips, _ = corpus
+    clips, truth = corpus
     out = tmp_path / "out"
     shutil.copytree(clean[0], out)
     proc = cli("label", "--config", DEMO, "--input", str(clips), "--output", str(out), "--taxonomy", "iemocap4", "--no-progress")
@@ -147,11 +154,22 @@ def test_caches_per_utterance(corpus, clean, tmp_path):
     again = rows(out, "taxonomy = 'iemocap4'")
     assert [r[:7] for r in again] == [r[:7] for r in first]
 
-    proc = cli("label", "--config", DEMO, "--input", str(clips), "--output", str(out), "--set", "segment.pad_s=0.3", "--no-progress")
+    # A segmentation setting: VAD in 35-s windows. The same run streams the recordings (over
+    # decode.stream_above_s: their rows carry speech regions, not audio, and ASR reads the
+    # files again in windows of 20 s of speech), so memory stays bounded for any length.
+    proc = cli("label", "--config", DEMO, "--input", str(clips), "--output", str(out), "--set", "segment.vad_window_s=35",
+               "--set", "decode.stream_above_s=20", "--set", "decode.read_whole_max_mb=0.1", "--no-progress")
     assert proc.returncode == 0, proc.stderr[-2000:]
     m = manifest(out)
     # the recordings (and the noise file, segmented too) are transcribed again; the short clips are not
     assert m["cache"]["transcribed"] == N_RECORDINGS + 1 and m["cache"]["transcripts_from_cache"] == 2
+    counters = m["stage_counters"]
+    assert counters["decode"]["sources_streamed"] == N_RECORDINGS + 1 == counters["asr"]["sources_streamed"]
+    assert counters["asr"]["streamed_windows"] >= 2 * N_RECORDINGS  # about 35 s of speech each: two windows
+    # windowed VAD and streamed ASR find the utterances as well as whole-file VAD and packed ASR
+    streamed = rows(out, f"run_id = '{m['run_id']}'")
+    assert [(r[0], r[6], r[8]) for r in streamed if r[0] == "noise"] == [("noise", "abstained", "no_speech")]
+    check_utterances(streamed, truth)
 
 
 def test_relabel_keeps_the_utterances(clean, tmp_path):
