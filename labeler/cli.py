@@ -31,6 +31,7 @@ EPILOG = textwrap.dedent(
       lanser-label relabel --output out/ --taxonomy my_taxonomy.yaml
 
       lanser-label inspect out/                 # summary of the latest run
+      lanser-label evaluate --output out/ --gold gold.csv --map happy=joy   # weak labels against human labels
       lanser-label cache out/ --drop-stale      # what the caches hold; drop unused entries
       lanser-label taxonomies                   # shipped taxonomies
       lanser-label schema                       # the labels table's columns
@@ -99,6 +100,30 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("output", help="output root of earlier runs")
     ins.add_argument("--run", help="run id (default: the latest committed run)")
     ins.add_argument("--json", action="store_true", help="print the manifest as JSON")
+
+    ev = sub.add_parser(
+        "evaluate",
+        help="measure a committed run's labels against a human-labeled gold file",
+        description="Match a gold file (CSV/Parquet/JSONL: utt_id or uri, optional start_s/end_s for utterances of long "
+        "recordings, label, optional text) to a committed run's labels and report coverage, accuracy, unweighted "
+        "accuracy, macro-F1, per-label precision/recall, the confusion matrix, calibration (ECE) and the accuracy-coverage "
+        "curve over confidence and margin; with a text column, the same scorer on the reference transcripts (the text-only "
+        "ceiling). Writes reports/<run_id>.eval.json and .eval.png. Nothing is transcribed again.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ev.add_argument("--output", "-o", required=True, help="output root of earlier runs")
+    ev.add_argument("--gold", "-g", required=True, help="gold file (.csv, .parquet, .jsonl): label, and utt_id or uri [+ start_s, end_s], optional text")
+    ev.add_argument("--run", help="run id (default: the newest committed label or relabel run)")
+    ev.add_argument("--taxonomy", "-t", help="pick the newest run of this taxonomy (a name, or a taxonomy YAML: its name and version)")
+    ev.add_argument("--map", dest="label_map", action="append", default=[], metavar="GOLD=LABEL[,...]",
+                    help="gold label name -> taxonomy label, case-insensitive (repeatable), e.g. happy=joy,angry=anger")
+    ev.add_argument("--map-file", help="YAML or JSON mapping of gold label names to taxonomy labels")
+    ev.add_argument("--target-accuracy", type=float, default=0.8, help="accuracy the confidence/margin threshold must reach (default 0.8)")
+    ev.add_argument("--text-ceiling", action=argparse.BooleanOptionalAction, default=None,
+                    help="score the gold rows' reference transcripts with the run's scorer (default: on when the gold file has a text column)")
+    ev.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device of the text-ceiling scorer (default: the run's scorer.device)")
+    ev.add_argument("--json", metavar="PATH", help="write the evaluation JSON to PATH (the PNG beside it) instead of reports/; '-' prints it instead of the summary")
+    ev.add_argument("--mistakes", type=int, default=5, help="list up to this many of the most confident wrong labels (default 5)")
 
     sub.add_parser("taxonomies", help="list shipped taxonomies and their labels")
     sc = sub.add_parser("schema", help="print the labels and transcripts table schemas")
@@ -294,6 +319,22 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    from labeler.evaluate import evaluate_run, parse_label_map, summary_lines, write_evaluation
+
+    report = evaluate_run(args.output, args.gold, run_id=args.run, taxonomy=args.taxonomy,
+                          label_map=parse_label_map(args.label_map, args.map_file), target_accuracy=args.target_accuracy,
+                          text_ceiling=args.text_ceiling, device=args.device)
+    for warning in report["warnings"]:
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
+    paths = write_evaluation(args.output, report, None if args.json in (None, "-") else args.json)
+    if args.json == "-":
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        print("\n".join(summary_lines(report, paths, mistakes=args.mistakes)))
+    return 0
+
+
 def cmd_taxonomies(args) -> int:
     from labeler.taxonomy import load_taxonomy, shipped_taxonomies
 
@@ -330,7 +371,8 @@ def cmd_config(args) -> int:
     return 0
 
 
-COMMANDS = {"label": cmd_label, "relabel": cmd_relabel, "cache": cmd_cache, "inspect": cmd_inspect, "taxonomies": cmd_taxonomies, "schema": cmd_schema, "config": cmd_config}
+COMMANDS = {"label": cmd_label, "relabel": cmd_relabel, "cache": cmd_cache, "inspect": cmd_inspect, "evaluate": cmd_evaluate,
+            "taxonomies": cmd_taxonomies, "schema": cmd_schema, "config": cmd_config}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
