@@ -134,7 +134,7 @@ def _corpus(tmp_path, n):
 
 
 def test_killed_run_resumes_to_the_same_table(tmp_path):
-    clips = _corpus(tmp_path, 14)  # 66 s of speech; the 13th prompt (25 s) is a recording cut into utterances
+    clips = _corpus(tmp_path, 24)
     args = ["label", "--config", DEMO, "--input", str(clips), "--no-progress", "--set", "out.rows_per_file=2",
             "--set", "decode.rows_per_block=2", "--set", "asr.batch_size=2", "--set", "scorer.batch_size=2"]
     clean = tmp_path / "clean"
@@ -159,8 +159,8 @@ def test_killed_run_resumes_to_the_same_table(tmp_path):
     again = cli(*args, "--output", str(out))
     assert again.returncode == 0, again.stderr[-2000:]
     m = manifest(out)
-    # 14 files; the one prompt longer than 20 s is a recording cut into utterances
-    assert 0 < m["counts"]["resumed_rows"] < 14 and m["counts"]["sources"] == 14 and m["counts"]["segmented_sources"] == 1
+    # 24 files; the three prompts longer than 20 s are recordings cut into utterances
+    assert 0 < m["counts"]["resumed_rows"] < 24 and m["counts"]["sources"] == 24 and m["counts"]["segmented_sources"] == 3
     got, want = table(out), table(clean)
     assert [r[0] for r in got] == [r[0] for r in want]  # no missing, no duplicate utt_id
     assert [(r[1], r[2], r[3]) for r in got] == [(r[1], r[2], r[3]) for r in want]
@@ -182,7 +182,7 @@ def _asr_worker_pids(busy=True):
 
 
 def test_asr_worker_killed_mid_run_is_retried(ray_local, tmp_path):
-    clips = _corpus(tmp_path, 14)  # 66 s of speech; the 13th prompt (25 s) is a recording cut into utterances
+    clips = _corpus(tmp_path, 24)
     cfg = load_config(DEMO, {"input": str(clips), "output": str(tmp_path / "out"), "ray.progress": False,
                              "decode.rows_per_block": 2, "asr.batch_size": 2, "out.rows_per_file": 2})
     killed = []
