@@ -179,16 +179,12 @@ def evaluate_run(root: str, gold_path: str, run_id: Optional[str] = None, taxono
 def write_evaluation(root: str, report: dict[str, Any], json_path: Optional[str] = None) -> dict[str, str]:
     """Write the evaluation JSON and PNG: ``reports/<run_id>.eval.json`` and ``.eval.png``
     under ``root``, or ``json_path`` and the PNG beside it. Returns both paths."""
-    from labeler.io import filesystem, write_json_atomic
+    from labeler.io import write_bytes_atomic, write_json_atomic
 
     paths = eval_paths(root, report["run_id"]) if json_path is None else {
         "json": json_path, "png": (json_path[:-5] if json_path.endswith(".json") else json_path) + ".png"}
     write_json_atomic(paths["json"], report)
-    png = render_png(report)
-    fs, path = filesystem(paths["png"])
-    with fs.open_output_stream(path + ".tmp") as f:
-        f.write(png)
-    fs.move(path + ".tmp", path)
+    write_bytes_atomic(paths["png"], render_png(report))
     return paths
 
 
@@ -238,18 +234,12 @@ def read_gold(path: str) -> pa.Table:
     import pyarrow.json as pajson
     import pyarrow.parquet as pq
 
-    from labeler.io import open_input_stream
+    from labeler.io import read_small_file
 
     lower = path.lower().split("?")[0]
     if not lower.endswith(GOLD_EXTENSIONS):
         raise InputError(f"gold file {redact(path)}: expected {', '.join(GOLD_EXTENSIONS)}")
-    try:
-        with open_input_stream(path) as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise InputError(f"gold file not found: {redact(path)}") from None
-    except OSError as exc:
-        raise InputError(f"cannot read gold file {redact(path)}: {exc}") from None
+    data = read_small_file(path, "gold file")
     if not data.strip():
         raise InputError(f"gold file {redact(path)} is empty: it needs a 'label' column and 'utt_id' or 'uri' (see README, Measuring label quality)")
     buf = pa.BufferReader(data)

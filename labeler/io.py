@@ -106,12 +106,31 @@ def redact_uri_column(table):
 def write_json_atomic(uri: str, payload: dict) -> None:
     """Write ``payload`` as JSON to ``uri`` under a temporary name, then rename."""
     import json
+
+    write_bytes_atomic(uri, json.dumps(payload, indent=2, sort_keys=False, default=str).encode("utf-8"))
+
+
+def write_bytes_atomic(uri: str, data: bytes) -> None:
+    """Write ``data`` to ``uri`` under a temporary name, then rename (its folder is created)."""
     import posixpath
 
     fs, path = filesystem(uri)
     fs.create_dir(posixpath.dirname(path), recursive=True)
-    data = json.dumps(payload, indent=2, sort_keys=False, default=str).encode("utf-8")
     tmp = path + ".tmp"
     with fs.open_output_stream(tmp) as f:
         f.write(data)
     fs.move(tmp, path)
+
+
+def read_small_file(uri: str, what: str) -> bytes:
+    """The whole of a small input file (a manifest, a gold file), or
+    :class:`~labeler.errors.InputError` saying in one line that ``what`` is missing or unreadable."""
+    from labeler.errors import InputError
+
+    try:
+        with open_input_stream(uri) as f:
+            return f.read()
+    except FileNotFoundError:
+        raise InputError(f"{what} not found: {redact(uri)}") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {what} {redact(uri)}: {exc}") from None

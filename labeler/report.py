@@ -95,17 +95,12 @@ def build_report(manifest: dict[str, Any]) -> dict[str, Any]:
 
 def write_report(root: str, manifest: dict[str, Any]) -> dict[str, str]:
     """Write the run's report JSON and PNG beside its manifest; returns their paths."""
-    from labeler.io import filesystem
-    from labeler.io import write_json_atomic
+    from labeler.io import write_bytes_atomic, write_json_atomic
 
     report = build_report(manifest)
     paths = report_paths(root, manifest["run_id"])
     write_json_atomic(paths["json"], report)
-    png = render_png(report)
-    fs, path = filesystem(paths["png"])
-    with fs.open_output_stream(path + ".tmp") as f:
-        f.write(png)
-    fs.move(path + ".tmp", path)
+    write_bytes_atomic(paths["png"], render_png(report))
     return paths
 
 

@@ -246,16 +246,10 @@ def _from_manifest(spec: str) -> list[_Item]:
     import pyarrow.json as pajson
     import pyarrow.parquet as pq
 
-    from labeler.io import open_input_stream
+    from labeler.io import read_small_file
 
     lower = spec.lower().split("?")[0]
-    try:
-        with open_input_stream(spec) as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise InputError(f"manifest not found: {redact(spec)}") from None
-    except OSError as exc:
-        raise InputError(f"cannot read manifest {redact(spec)}: {exc}") from None
+    data = read_small_file(spec, "manifest")
     buf = pa.BufferReader(data)
     try:
         if lower.endswith(".parquet"):

@@ -143,7 +143,7 @@ class ASRStage(Stage):
         (``decode.stream_above_s`` of speech per window, the next one decoded while this one
         is transcribed): [(region start, result)], like the regions of a row with audio. A
         file that no longer has the length decode saw fails the whole recording."""
-        from labeler.audio import SAMPLE_RATE as SR, AudioError, PcmStream, prefetch, spans_of_stream
+        from labeler.audio import AudioError, PcmStream, prefetch, spans_of_stream
 
         regions = [(float(s), float(e)) for s, e in r["speech"]]
         seen = [0]
@@ -161,8 +161,8 @@ class ASRStage(Stage):
                 self.count(streamed_windows=1)
         except (AudioError, OSError) as exc:  # unreadable now: the recording's row says so (a device failure still raises)
             return [(0.0, RecordingError(f"reading the recording again: {exc}"))]
-        if abs(seen[0] / SR - float(r["duration_s"])) > 0.05:
-            return [(0.0, RecordingError(f"the file changed during the run ({seen[0] / SR:.1f} s of audio now, "
+        if abs(seen[0] / SAMPLE_RATE - float(r["duration_s"])) > 0.05:
+            return [(0.0, RecordingError(f"the file changed during the run ({seen[0] / SAMPLE_RATE:.1f} s of audio now, "
                                          f"{float(r['duration_s']):.1f} s when decoded)"))]
         self.count(sources_streamed=1)
         return done
