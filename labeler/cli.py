@@ -341,7 +341,8 @@ def cmd_taxonomies(args) -> int:
     for name in shipped_taxonomies():
         t = load_taxonomy(name)
         print(f"{t.name} v{t.version} ({len(t.labels)} labels): {', '.join(t.label_names)}")
-        print(f"    hypothesis: {t.hypothesis_template!r}   file: {t.source}")
+        print(f"    hypothesis: {t.hypothesis_template!r}   file: {t.source}" if not t.is_ensemble else
+              f"    hypothesis ensemble: {t.templates!r}   file: {t.source}")
     return 0
 
 

@@ -589,7 +589,12 @@ def score_texts(manifest: dict[str, Any], texts: Sequence[str], device: Optional
             raise ConfigError(f"run {manifest['run_id']}: its scorer config cannot be rebuilt: {' '.join(str(exc).split())}") from None
         scorer = make_scorer(cfg)
     try:
-        return np.asarray(scorer.score(list(texts), list(tax["hypotheses"])).probs, dtype=np.float32)
+        from labeler.models.base import ensemble_probs, flatten_sets
+        from labeler.taxonomy import hypothesis_sets_of
+
+        flat, index = flatten_sets(hypothesis_sets_of(tax))  # a template ensemble's templates averaged, as the run did
+        raw = scorer.score(list(texts), flat).raw
+        return ensemble_probs(scorer.backend, raw, index, scorer.temperature)[0]
     finally:
         if owned:
             scorer.close()

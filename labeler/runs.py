@@ -178,7 +178,7 @@ def load_caches(cfg: LabelConfig, plan: RunPlan) -> tuple[StageContext, dict[str
         tc = TranscriptCache.load(cfg.output, hashes) if cfg.cache.transcripts else TranscriptCache.empty()
         ctx.transcript_cache, sizes["transcripts"] = (ray.put(tc) if len(tc) else None), len(tc)
     if "scores" in plan.caches:
-        sc = ScoreCache.load(cfg.output, cfg.scorer.key_hash(), plan.taxonomy.hypotheses) if cfg.cache.scores else None
+        sc = ScoreCache.load(cfg.output, cfg.scorer.key_hash(), [h for hs in plan.taxonomy.hypothesis_sets for h in hs]) if cfg.cache.scores else None
         ctx.score_cache, sizes["score_pairs"] = (ray.put(sc) if sc is not None and len(sc) else None), len(sc or ())
     return ctx, sizes
 

@@ -12,6 +12,14 @@ A taxonomy file::
       - name: neutral
         hypothesis: "This person is calm and feels nothing in particular."  # optional override
 
+A **template ensemble** gives several templates instead (``hypothesis_templates:``, a list;
+not together with ``hypothesis_template``): every label is scored against each template's
+hypothesis and its probability is the mean over the templates of each template's
+probability (:func:`labeler.models.base.ensemble_probs`), a known way to make zero-shot entailment less
+sensitive to one wording. A label's ``hypothesis`` override then stands for that label in
+every template. ``template_hash`` covers every hypothesis of every template; a
+one-template taxonomy keeps the hash it always had.
+
 ``load_taxonomy("ekman")`` loads a shipped taxonomy by name; a path loads a file.
 """
 
@@ -30,15 +38,17 @@ from labeler.errors import TaxonomyError
 
 SHIPPED_DIR = Path(__file__).parent / "taxonomies"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
-_ALLOWED_TOP = {"name", "version", "description", "hypothesis_template", "labels"}
+_ALLOWED_TOP = {"name", "version", "description", "hypothesis_template", "hypothesis_templates", "labels"}
+DEFAULT_TEMPLATE = "This person is feeling {label}."
 _ALLOWED_LABEL = {"name", "description", "hypothesis"}
 
 
 @dataclass(frozen=True)
 class Label:
     name: str
-    hypothesis: str
+    hypothesis: str  # under the first template
     description: str | None = None
+    hypotheses: tuple[str, ...] = ()  # one per template (ensembles); empty = (hypothesis,)
 
 
 @dataclass(frozen=True)
@@ -49,22 +59,40 @@ class Taxonomy:
     labels: tuple[Label, ...]
     description: str | None = None
     source: str | None = None
+    hypothesis_templates: tuple[str, ...] = ()  # an ensemble's templates (empty: hypothesis_template alone)
 
     @property
     def label_names(self) -> list[str]:
         return [lab.name for lab in self.labels]
 
     @property
+    def templates(self) -> list[str]:
+        """Every template: the ensemble's, or the one ``hypothesis_template``."""
+        return list(self.hypothesis_templates) or [self.hypothesis_template]
+
+    @property
     def hypotheses(self) -> list[str]:
+        """The labels' hypotheses under the first template (the only one without an ensemble)."""
         return [lab.hypothesis for lab in self.labels]
 
     @property
+    def hypothesis_sets(self) -> list[list[str]]:
+        """One list of the labels' hypotheses (taxonomy order) per template."""
+        return [list(h) for h in zip(*[lab.hypotheses or (lab.hypothesis,) for lab in self.labels])]
+
+    @property
+    def is_ensemble(self) -> bool:
+        return len(self.hypothesis_sets) > 1
+
+    @property
     def template_hash(self) -> str:
-        """Changes whenever any hypothesis text changes (template or per-label override)."""
-        return hashlib.sha256(json.dumps(self.hypotheses).encode()).hexdigest()[:16]
+        """Changes whenever any hypothesis text changes (template, per-label override, or any
+        template of an ensemble); a one-template taxonomy hashes as it always did."""
+        sets = self.hypothesis_sets
+        return hashlib.sha256(json.dumps(sets[0] if len(sets) == 1 else sets).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "name": self.name,
             "version": self.version,
             "hypothesis_template": self.hypothesis_template,
@@ -72,6 +100,15 @@ class Taxonomy:
             "hypotheses": self.hypotheses,
             "template_hash": self.template_hash,
         }
+        if self.is_ensemble:
+            out["hypothesis_templates"] = self.templates
+            out["hypothesis_sets"] = self.hypothesis_sets
+        return out
+
+
+def hypothesis_sets_of(tax: dict) -> list[list[str]]:
+    """A manifest's taxonomy dict (:meth:`Taxonomy.to_dict`) -> its hypothesis sets."""
+    return [list(h) for h in tax.get("hypothesis_sets") or [tax["hypotheses"]]]
 
 
 def shipped_taxonomies() -> list[str]:
@@ -122,16 +159,34 @@ def parse_taxonomy(data: object, source: str = "<taxonomy>") -> Taxonomy:
         version = str(version)
     if not isinstance(version, str) or not version.strip() or "/" in version or "=" in version:
         problems.append(f"version: must be a non-empty string without '/' or '=', got {data.get('version')!r}")
-    template = data.get("hypothesis_template", "This person is feeling {label}.")
-    if not isinstance(template, str) or "{label}" not in template:
-        problems.append(f"hypothesis_template: must be a string containing '{{label}}', got {template!r}")
-        template = None
+    templates: list[str] | None = []
+    if "hypothesis_templates" in data:
+        raw_t = data["hypothesis_templates"]
+        if "hypothesis_template" in data:
+            problems.append("hypothesis_template and hypothesis_templates: give one of them (hypothesis_templates is a list, "
+                            "for a template ensemble)")
+        if not isinstance(raw_t, list) or not raw_t:
+            problems.append(f"hypothesis_templates: must be a non-empty list of strings containing '{{label}}', got {raw_t!r}")
+            templates = None
+        else:
+            for i, t in enumerate(raw_t):
+                err = template_problem(t)
+                if err:
+                    problems.append(f"hypothesis_templates[{i}]: {err}")
+                    templates = None
+            if templates is not None:
+                if len(set(raw_t)) != len(raw_t):
+                    problems.append(f"hypothesis_templates: duplicate template in {raw_t!r}")
+                templates = list(raw_t)
     else:
-        try:
-            template.format(label="x")
-        except (KeyError, IndexError, ValueError) as exc:
-            problems.append(f"hypothesis_template: only '{{label}}' may be substituted ({exc!r})")
-            template = None
+        t = data.get("hypothesis_template", DEFAULT_TEMPLATE)
+        err = template_problem(t)
+        if err:
+            problems.append(f"hypothesis_template: {err}")
+            templates = None
+        else:
+            templates = [t]
+    template = templates[0] if templates else None
     raw_labels = data.get("labels")
     labels: list[Label] = []
     if not isinstance(raw_labels, list) or not raw_labels:
@@ -162,9 +217,11 @@ def parse_taxonomy(data: object, source: str = "<taxonomy>") -> Taxonomy:
         desc = item.get("description")
         if desc is not None and not isinstance(desc, str):
             problems.append(f"labels[{i}].description: must be a string, got {desc!r}")
-        if hyp is None and template is not None:
-            hyp = template.format(label=lname.replace("_", " "))
-        labels.append(Label(lname, hyp or "", desc))
+        if hyp is not None:
+            hyps = tuple([hyp] * len(templates or [None]))
+        else:
+            hyps = tuple(t.format(label=lname.replace("_", " ")) for t in templates or [])
+        labels.append(Label(lname, hyps[0] if hyps else "", desc, hyps if len(hyps) > 1 else ()))
     if problems:
         raise TaxonomyError(f"{source}: invalid taxonomy:\n  - " + "\n  - ".join(problems))
     return Taxonomy(
@@ -174,4 +231,16 @@ def parse_taxonomy(data: object, source: str = "<taxonomy>") -> Taxonomy:
         labels=tuple(labels),
         description=data.get("description"),
         source=source,
+        hypothesis_templates=tuple(templates) if templates and len(templates) > 1 else (),
     )
+
+
+def template_problem(template: object) -> str | None:
+    """Why a hypothesis template is not usable, or None."""
+    if not isinstance(template, str) or "{label}" not in template:
+        return f"must be a string containing '{{label}}', got {template!r}"
+    try:
+        template.format(label="x")
+    except (KeyError, IndexError, ValueError) as exc:
+        return f"only '{{label}}' may be substituted ({exc!r})"
+    return None

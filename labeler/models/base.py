@@ -36,6 +36,34 @@ def probs_for_backend(backend: str, raw: np.ndarray, temperature: float = 1.0) -
     return softmax(raw, axis=1)
 
 
+def flatten_sets(sets: Sequence[Sequence[str]]) -> tuple[list[str], np.ndarray]:
+    """An ensemble's hypothesis sets (one list of labels' hypotheses per template) as the
+    distinct hypotheses to score (first-seen order) and ``index[t, l]``, the position of
+    template ``t``'s hypothesis of label ``l`` among them."""
+    flat: list[str] = []
+    where: dict[str, int] = {}
+    index = np.zeros((len(sets), len(sets[0]) if sets else 0), dtype=np.int64)
+    for t, hyps in enumerate(sets):
+        for lab, h in enumerate(hyps):
+            if h not in where:
+                where[h] = len(flat)
+                flat.append(h)
+            index[t, lab] = where[h]
+    return flat, index
+
+
+def ensemble_probs(backend: str, raw: np.ndarray, index: np.ndarray, temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """A template ensemble's label probabilities: each template's probabilities (the
+    backend's rule over the labels, :func:`probs_for_backend`) averaged over the templates;
+    and the raw scores averaged the same way. ``raw`` is ``[premises, distinct hypotheses]``,
+    ``index`` from :func:`flatten_sets`. One template gives exactly the single-template
+    probabilities."""
+    raw = np.asarray(raw, dtype=np.float32)
+    probs = np.mean([probs_for_backend(backend, raw[:, idx], temperature) for idx in index], axis=0).astype(np.float32)
+    raw_mean = np.mean([raw[:, idx] for idx in index], axis=0).astype(np.float32)
+    return probs, raw_mean
+
+
 class Scorer:
     """One score per (premise, hypothesis): load once, then :meth:`score` / :meth:`score_pairs`."""
 

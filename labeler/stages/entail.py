@@ -6,6 +6,10 @@ actor's batches through a memo of scored pairs. Pairs found in the score cache (
 runs, any taxonomy sharing the hypothesis) are not scored again; newly scored pairs go to
 the score cache through the collector. The scorer model is loaded on the first batch that
 needs it, so a fully cached relabel loads none.
+
+A taxonomy with a template ensemble (``hypothesis_templates``) scores every distinct
+hypothesis of every template; a label's probability is its mean over the templates
+(:func:`labeler.models.base.ensemble_probs`), and ``raw_scores`` the mean raw score.
 """
 
 from __future__ import annotations
@@ -59,7 +63,10 @@ class EntailStage(Stage):
         self.abstain = cfg.abstain
         self.scorer_name = f"{cfg.scorer.backend}:{cfg.scorer.model}"
         self.labels = ctx.taxonomy.label_names
-        self.hypotheses = ctx.taxonomy.hypotheses
+        from labeler.models.base import flatten_sets
+
+        # every distinct hypothesis (all templates of an ensemble), and where each label's is
+        self.hypotheses, self.template_index = flatten_sets(ctx.taxonomy.hypothesis_sets)
         self.template_hash = ctx.taxonomy.template_hash
         cache = fetch(ctx.score_cache) if cfg.cache.scores else None
         self.cache = cache if cache is not None else ScoreCache.empty(cfg.scorer.key_hash())
@@ -142,8 +149,7 @@ class EntailStage(Stage):
             else:
                 to_score.setdefault(texts[i].strip(), []).append(i)
         if to_score:
-            raw = self._raw_scores(list(to_score))
-            probs = self.scorer_to_probs(raw)
+            probs, raw = self.scorer_to_probs(self._raw_scores(list(to_score)))
             idx, top, marg = top_two(probs)
             for p, rows in enumerate(to_score.values()):
                 for i in rows:
@@ -161,11 +167,13 @@ class EntailStage(Stage):
         out["template_hash"] = [self.template_hash] * n
         return columns(out)
 
-    def scorer_to_probs(self, raw: np.ndarray) -> np.ndarray:
-        """Probabilities from raw scores without loading the model (the rule is the backend's)."""
-        from labeler.models.base import probs_for_backend
+    def scorer_to_probs(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Label probabilities and per-label raw scores from the raw scores of every distinct
+        hypothesis, without loading the model (the rule is the backend's; an ensemble's
+        templates averaged)."""
+        from labeler.models.base import ensemble_probs
 
-        return probs_for_backend(self.scorer_cfg.backend, raw, self.scorer_cfg.temperature)
+        return ensemble_probs(self.scorer_cfg.backend, raw, self.template_index, self.scorer_cfg.temperature)
 
     def close(self) -> None:
         """Release the scorer's model; a vLLM engine must be shut down before the actor
