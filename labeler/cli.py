@@ -32,6 +32,7 @@ EPILOG = textwrap.dedent(
 
       lanser-label inspect out/                 # summary of the latest run
       lanser-label evaluate --output out/ --gold gold.csv --map happy=joy   # weak labels against human labels
+      lanser-label tune --output out/ --gold gold.csv --variants variants.yaml   # which prompt and scorer label best
       lanser-label cache out/ --drop-stale      # what the caches hold; drop unused entries
       lanser-label taxonomies                   # shipped taxonomies
       lanser-label schema                       # the labels table's columns
@@ -124,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device of the text-ceiling scorer (default: the run's scorer.device)")
     ev.add_argument("--json", metavar="PATH", help="write the evaluation JSON to PATH (the PNG beside it) instead of reports/; '-' prints it instead of the summary")
     ev.add_argument("--mistakes", type=int, default=5, help="list up to this many of the most confident wrong labels (default 5)")
+
+    _tune_parser(sub)
 
     sub.add_parser("taxonomies", help="list shipped taxonomies and their labels")
     sc = sub.add_parser("schema", help="print the labels and transcripts table schemas")
@@ -335,6 +338,52 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- tune
+
+
+def _tune_parser(sub) -> None:
+    tu = sub.add_parser(
+        "tune",
+        help="rank prompt templates, template ensembles and scorers on the gold rows' stored transcripts",
+        description="Label the stored transcripts of the gold rows of a committed run with several variants (a scorer and "
+        "hypothesis templates: one, several = an ensemble, or per-label hypotheses), relabel-style: no audio read, no ASR, "
+        "the score cache used and filled. Ranks them and the run's own labels by unweighted accuracy with a 95%% bootstrap "
+        "interval, compares each with the best by a paired bootstrap, and prints the settings of the best. Writes "
+        "reports/<run_id>.tune.json.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tu.add_argument("--output", "-o", required=True, help="output root of earlier runs")
+    tu.add_argument("--gold", "-g", required=True, help="gold file (.csv, .parquet, .jsonl), as for evaluate")
+    tu.add_argument("--variants", "-V", help="variants file (YAML): scorer settings and templates per variant (README: Measuring label quality)")
+    tu.add_argument("--template", dest="templates", action="append", default=[], metavar="TEMPLATE",
+                    help="a hypothesis template with {label}, scored with the run's scorer (repeatable; two or more also make an ensemble)")
+    tu.add_argument("--run", help="run id (default: the newest committed label or relabel run)")
+    tu.add_argument("--taxonomy", "-t", help="pick the newest run of this taxonomy (a name, or a taxonomy YAML)")
+    tu.add_argument("--map", dest="label_map", action="append", default=[], metavar="GOLD=LABEL[,...]",
+                    help="gold label name -> taxonomy label, case-insensitive (repeatable)")
+    tu.add_argument("--map-file", help="YAML or JSON mapping of gold label names to taxonomy labels")
+    tu.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    tu.add_argument("--seed", type=int, default=0, help="seed of the resamples (default 0)")
+    tu.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device of every variant's scorer (default: each one's scorer.device)")
+    tu.add_argument("--no-cache", action="store_true", help="neither read nor write the score cache")
+    tu.add_argument("--json", metavar="PATH", help="write the report to PATH instead of reports/; '-' prints it instead of the table")
+
+
+def cmd_tune(args) -> int:
+    from labeler.evaluate import parse_label_map
+    from labeler.tune import summary_lines, tune_run, write_tune
+
+    report = tune_run(args.output, args.gold, variants_path=args.variants, templates=args.templates, run_id=args.run,
+                      taxonomy=args.taxonomy, label_map=parse_label_map(args.label_map, args.map_file), bootstrap=args.bootstrap,
+                      seed=args.seed, device=args.device, use_cache=not args.no_cache)
+    path = write_tune(args.output, report, None if args.json in (None, "-") else args.json)
+    if args.json == "-":
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        print("\n".join(summary_lines(report, path)))
+    return 0
+
+
 def cmd_taxonomies(args) -> int:
     from labeler.taxonomy import load_taxonomy, shipped_taxonomies
 
@@ -373,6 +422,7 @@ def cmd_config(args) -> int:
 
 
 COMMANDS = {"label": cmd_label, "relabel": cmd_relabel, "cache": cmd_cache, "inspect": cmd_inspect, "evaluate": cmd_evaluate,
+            "tune": cmd_tune,
             "taxonomies": cmd_taxonomies, "schema": cmd_schema, "config": cmd_config}
 
 
