@@ -51,3 +51,30 @@ def test_invalid_taxonomies_report_every_problem(doc, expected):
 def test_unknown_shipped_name_lists_the_known_ones():
     with pytest.raises(TaxonomyError, match="ekman"):
         load_taxonomy("nope")
+
+
+def test_hypothesis_templates_ensemble():
+    base = {"name": "t", "version": "1", "labels": ["a", {"name": "b", "hypothesis": "Someone is b."}]}
+    t = parse_taxonomy({**base, "hypothesis_templates": ["X {label}.", "Y {label}."]})
+    assert t.is_ensemble and t.templates == ["X {label}.", "Y {label}."]
+    assert t.hypothesis_sets == [["X a.", "Someone is b."], ["Y a.", "Someone is b."]]  # the override in every template
+    assert t.hypotheses == ["X a.", "Someone is b."] and t.hypothesis_template == "X {label}."
+    one = parse_taxonomy({**base, "hypothesis_templates": ["X {label}."]})
+    plain = parse_taxonomy({**base, "hypothesis_template": "X {label}."})
+    # one template in a list is the plain template: same hash (existing caches stay valid)
+    assert not one.is_ensemble and one.template_hash == plain.template_hash and one.to_dict() == plain.to_dict()
+    assert t.template_hash not in (plain.template_hash, parse_taxonomy({**base, "hypothesis_templates": ["Y {label}.", "X {label}."]}).template_hash)
+    assert load_taxonomy("ekman").template_hash == "907e566e42ce7d22"  # as before ensembles existed
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ({"hypothesis_template": "X {label}.", "hypothesis_templates": ["Y {label}."]}, "give one of them"),
+    ({"hypothesis_templates": []}, "hypothesis_templates: must be a non-empty list"),
+    ({"hypothesis_templates": "X {label}."}, "hypothesis_templates: must be a non-empty list"),
+    ({"hypothesis_templates": ["X {label}.", "no slot"]}, "hypothesis_templates[1]: must be a string containing '{label}'"),
+    ({"hypothesis_templates": ["X {label}.", "X {label}."]}, "duplicate template"),
+])
+def test_hypothesis_templates_errors(extra, expected):
+    with pytest.raises(TaxonomyError) as exc:
+        parse_taxonomy({"name": "t", "version": "1", "labels": ["a", "b"], **extra})
+    assert expected in str(exc.value)
