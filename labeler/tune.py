@@ -136,7 +136,10 @@ def tune_run(root: str, gold_path: str, variants_path: Optional[str] = None, tem
     counts = bootstrap_counts(len(y), bootstrap, rng)
     ua_boot = {k: bootstrap_ua(y, p == y, counts, len(names)) for k, p in preds.items()}
     results = {k: _point(y, p, names) for k, p in preds.items()}
-    order = sorted(preds, key=lambda k: (-results[k]["unweighted_accuracy"], -results[k]["accuracy"], k == RUN_VARIANT))
+    # ties: the run's own settings first (nothing to change), then the variant with fewer templates (cheaper)
+    n_templates = {v["name"]: len(v["taxonomy"].templates) for v in variants}
+    order = sorted(preds, key=lambda k: (-results[k]["unweighted_accuracy"], -results[k]["accuracy"], -(results[k]["macro_f1"] or 0.0),
+                                         k != RUN_VARIANT, n_templates.get(k, 0)))
     best = order[0]
     ranking = []
     by_name = {v["name"]: v for v in variants}
@@ -148,8 +151,8 @@ def tune_run(root: str, gold_path: str, variants_path: Optional[str] = None, tem
             "accuracy": results[k]["accuracy"], "macro_f1": results[k]["macro_f1"], "correct": results[k]["correct"],
             "rows": len(y), "coverage": len(y) / n_gold,
             "vs_best": None if k == best else {
-                "ua_points": round(100 * (results[k]["unweighted_accuracy"] - results[best]["unweighted_accuracy"]), 2),
-                "ci95_points": [round(100 * x, 2) for x in _ci(diff)],
+                "ua_points": round(100 * (results[k]["unweighted_accuracy"] - results[best]["unweighted_accuracy"]), 2) + 0.0,
+                "ci95_points": [round(100 * x, 2) + 0.0 for x in _ci(diff)],
                 "real": bool(_ci(diff)[1] < 0),  # the interval of the paired difference excludes 0
                 "share_not_worse": float(np.mean(diff >= 0)),
             },
@@ -447,9 +450,9 @@ def _ensemble_gain(y: np.ndarray, pred: np.ndarray, members: Mapping[str, np.nda
         "templates": [{"template": t, "unweighted_accuracy": point[t], "ci95": _ci(each[t])} for t in members],
         "best_template": best_t,
         "gain_vs_best_template_points": round(100 * (ua - point[best_t]), 2),
-        "gain_vs_best_template_ci95_points": [round(100 * x, 2) for x in _ci(d_best)],
+        "gain_vs_best_template_ci95_points": [round(100 * x, 2) + 0.0 for x in _ci(d_best)],
         "gain_vs_mean_template_points": round(100 * (ua - mean_members), 2),
-        "gain_vs_mean_template_ci95_points": [round(100 * x, 2) for x in _ci(d_mean)],
+        "gain_vs_mean_template_ci95_points": [round(100 * x, 2) + 0.0 for x in _ci(d_mean)],
         "spread_of_templates_points": round(100 * (max(point.values()) - min(point.values())), 2),
     }
 
@@ -525,7 +528,10 @@ def summary_lines(report: dict[str, Any], path: Optional[str] = None) -> list[st
                      f"{r['accuracy']:.3f}  {r['macro_f1']:.3f}  {r['coverage']:>5.0%}  {vs_s:<28}  {r['scorer']}")
     ties = [r["name"] for r in report["ranking"][1:] if not r["vs_best"]["real"]]
     best = report["best"]["name"]
-    if ties:
+    if best == RUN_VARIANT:
+        lines.append(f"use: the run's own settings: no variant does better on these {g['rows_used']} rows"
+                     + (f" ({', '.join(ties)} do as well, within the paired 95% interval)" if ties else ""))
+    elif ties:
         lines.append(f"use: {best} (highest UA); not significantly better than {', '.join(ties)} on these {g['rows_used']} rows "
                      "(the paired 95% interval of the difference includes 0): more gold rows would separate them")
     else:

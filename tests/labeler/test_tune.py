@@ -106,7 +106,8 @@ def test_ranking_two_scorers_templates_and_ensemble_without_audio(workdir, tuned
     out = proc.stdout
     for n in names:
         assert any(line.split()[1:2] == [n] for line in out.splitlines() if line.strip()[:2].strip().isdigit()), (n, out)
-    assert "use: " + report["best"]["name"] in out and "settings for it:" in out and "ensemble emb-ensemble: UA" in out
+    best = report["best"]["name"]
+    assert ("use: the run's own settings" if best == "run" else "use: " + best) in out and "settings for it:" in out and "ensemble emb-ensemble: UA" in out
 
 
 def r_model(report):
