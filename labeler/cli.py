@@ -347,7 +347,7 @@ def _tune_parser(sub) -> None:
         help="rank prompt templates, template ensembles and scorers on the gold rows' stored transcripts",
         description="Label the stored transcripts of the gold rows of a committed run with several variants (a scorer and "
         "hypothesis templates: one, several = an ensemble, or per-label hypotheses), relabel-style: no audio read, no ASR, "
-        "the score cache used and filled. Ranks them and the run's own labels by unweighted accuracy with a 95%% bootstrap "
+        "the score cache used and filled. Ranks them and the run's own labels by unweighted accuracy with a 95% bootstrap "
         "interval, compares each with the best by a paired bootstrap, and prints the settings of the best. Writes "
         "reports/<run_id>.tune.json.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
