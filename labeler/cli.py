@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--input", "-i", help="directory, glob, or manifest (.parquet/.csv/.jsonl with uri[, utt_id]); local or URI")
     lab.add_argument("--output", "-o", help="output root (local or URI); labels/, transcripts/ and runs/ go below it")
     lab.add_argument("--asr-model", help="faster-whisper model name, CTranslate2 folder, or pkg:<package>")
+    lab.add_argument("--rehash", action="store_true", default=None,
+                     help="read and hash every file again, even those whose URI, size and mtime/ETag match an earlier run's (cache.rehash)")
     _run_arguments(lab, device_help="device for both ASR and scorer")
 
     rel = sub.add_parser(
@@ -150,6 +152,8 @@ def _overrides(args) -> dict[str, Any]:
         out["scorer.device"] = args.device
     if getattr(args, "no_progress", False):
         out["ray.progress"] = False
+    if getattr(args, "rehash", None):
+        out["cache.rehash"] = True
     for text in args.overrides:
         k, v = parse_override(text)
         out[k] = v

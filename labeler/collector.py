@@ -24,7 +24,7 @@ from labeler import schema as S
 from labeler.io import join, redact_uri_column, write_parquet_atomic
 
 #: Cache tables a stage may add entries to, with the schema their parts are written in.
-CACHE_TABLES = {"transcripts": S.TRANSCRIPTS_FILE_SCHEMA, "scores": S.SCORES_FILE_SCHEMA}
+CACHE_TABLES = {"transcripts": S.TRANSCRIPTS_FILE_SCHEMA, "scores": S.SCORES_FILE_SCHEMA, "sources": S.SOURCES_FILE_SCHEMA}
 
 
 class Collector:

@@ -26,6 +26,7 @@ def run_labeling(cfg: LabelConfig) -> RunResult:
     Re-running the same configuration after a crash resumes the unfinished run; audio
     already transcribed with the same ASR settings is not transcribed again.
     """
+    from labeler.cache import known_sources
     from labeler.sources import resolve_input
     from labeler.stages.asr import ASRStage
     from labeler.stages.decode import DecodeStage
@@ -40,6 +41,8 @@ def run_labeling(cfg: LabelConfig) -> RunResult:
         key=cfg.run_key(taxonomy),
         read_inputs=lambda: resolve_input(cfg.input),
         stages=(DecodeStage, ASRStage, EntailStage),
+        # a file read before with the same URI, size and mtime/ETag is not read again (cache.rehash reads it)
+        prepare=lambda todo: known_sources(cfg.output, todo, rehash=cfg.cache.rehash or not cfg.cache.transcripts),
     )
     return run(cfg, plan)
 

@@ -68,6 +68,8 @@ class RunPlan:
     preset_cache_counts: Callable[[int], dict[str, int]] = lambda rows: {}  # counters known before any stage runs
     manifest: dict[str, Any] = field(default_factory=dict)  # fields of this kind of run (source run, models)
     unit: str = "source_id"  # what one input row is: a file (label: it gives 1..N rows) or an utterance (relabel: 1 row)
+    # the rows left to do, with what earlier runs know of them (label: the sha256 of unchanged files), and counts for the manifest
+    prepare: Optional[Callable[[pa.Table], tuple[pa.Table, dict[str, int]]]] = None
 
 
 def run(cfg: LabelConfig, plan: RunPlan) -> RunResult:
@@ -83,9 +85,17 @@ def run(cfg: LabelConfig, plan: RunPlan) -> RunResult:
     try:
         todo, resumed_rows = remaining(inputs, cfg.output, run_id, plan.unit, cfg.out.compression)
         t0 = time.perf_counter()
+        todo, source_counts = plan.prepare(todo) if plan.prepare is not None else (todo, {})
         rows, side, sizes = execute(cfg, plan, run_id, todo) if todo.num_rows else ({"rows": 0}, {}, {})
         wall = time.perf_counter() - t0
         manifest = build_manifest(cfg, plan, run_id, inputs.num_rows, resumed_rows, rows, side, sizes, wall, started)
+        if plan.prepare is not None:
+            decode = side.get("stages", {}).get("decode", {})
+            manifest["counts"].update({
+                "sources_skipped_by_metadata": int(decode.get("sources_skipped_by_metadata", 0)),
+                "sources_read": int(decode.get("audio_files_read", 0)),
+                **source_counts,
+            })
         manifest = commit(cfg.output, run_id, plan.taxonomy, cfg.scorer.key_hash(), inputs.num_rows, manifest, plan.unit)
     finally:
         lock.release()
@@ -435,6 +445,7 @@ def commit(root: str, run_id: str, taxonomy: Taxonomy, scorer_key: str, expected
         "labels": S.labels_partition(root, taxonomy.name, taxonomy.version, run_id),
         "transcripts": S.transcripts_partition(root, run_id),
         "scores": S.scores_partition(root, scorer_key, run_id),
+        "sources": S.sources_partition(root, run_id),
     }
     published = {}
     for sub, dst in tables.items():

@@ -11,6 +11,7 @@ Layout under an output root::
     <root>/labels/taxonomy=<name>/taxonomy_version=<v>/run_id=<run>/part-*.parquet
     <root>/transcripts/run_id=<run>/part-*.parquet   # transcript cache: new transcripts of each run
     <root>/scores/scorer_key=<k>/run_id=<run>/part-*.parquet   # score cache: new (text, hypothesis) scores
+    <root>/sources/run_id=<run>/part-*.parquet       # what each source read looked like: uri, size, version -> sha256
     <root>/runs/<run>.json              # run manifest, written last (the commit)
     <root>/reports/<run>.json           # run report (labeler/report.py), written after the commit
     <root>/reports/<run>.png            # the same report as a figure
@@ -123,6 +124,21 @@ SCORES_FILE_SCHEMA = pa.schema(
 
 SCORES_PARTITIONING = pa.schema([pa.field("scorer_key", pa.string()), pa.field("run_id", pa.string())])
 
+#: The source-metadata table: one row per file a run read and hashed, with what its input
+#: listing said about the file. A later label run trusts a file whose URI, size and version
+#: are the same (it takes the sha256 from here and does not read the file again).
+SOURCES_FILE_SCHEMA = pa.schema(
+    [
+        pa.field("uri", pa.string(), nullable=False, metadata={"doc": "the file's URI as listed (credentials stripped)"}),
+        pa.field("source_size", pa.int64(), nullable=False, metadata={"doc": "size in bytes, from the listing"}),
+        pa.field("source_version", pa.string(), nullable=False, metadata={"doc": "mtime_ns:<n> (local, pyarrow listings) or the object's etag/version id/generation (fsspec listings)"}),
+        pa.field("audio_sha256", pa.string(), nullable=False, metadata={"doc": "sha256 of the bytes the run read"}),
+        pa.field("created_at", TIMESTAMP, nullable=False, metadata={"doc": "when the file was read (UTC)"}),
+    ]
+)
+
+SOURCES_PARTITIONING = pa.schema([pa.field("run_id", pa.string())])
+
 
 #: Where an utterance is in its file: the columns a segmented recording's rows add.
 SPAN_COLUMNS = ("source_id", "segment_index", "start_s", "end_s")
@@ -201,6 +217,10 @@ def describe(schema: pa.Schema) -> list[tuple[str, str, str]]:
 
 def scores_partition(root: str, scorer_key: str, run_id: str) -> str:
     return join(root, "scores", f"scorer_key={scorer_key}", f"run_id={run_id}")
+
+
+def sources_partition(root: str, run_id: str) -> str:
+    return join(root, "sources", f"run_id={run_id}")
 
 
 def labels_partition(root: str, taxonomy: str, version: str, run_id: str) -> str:

@@ -16,6 +16,14 @@ An input entry that names audio but cannot be read as a file is an error row too
 dropped, never opened): a broken symbolic link, or a FIFO/named pipe, socket or device file
 (opening a FIFO for reading would block the run forever). Local paths are checked with
 ``os.stat``/``os.lstat`` only; remote URIs are left to the decoder.
+
+Each row also carries what the listing says about the file without opening it:
+``source_size`` (bytes) and ``source_version`` (``mtime_ns:<n>`` for a local file or a
+pyarrow listing; the object's ETag / version id / generation where an fsspec listing gives
+one). A label run trusts a source whose URI, size and version match an earlier run's
+(the ``sources/`` table) and takes its sha256 from there instead of reading it again
+(``cache.rehash`` turns that off). A row whose listing gives no metadata (a remote
+manifest row, an error row) has nulls there and is always read.
 """
 
 from __future__ import annotations
@@ -44,6 +52,8 @@ INPUT_SCHEMA = pa.schema(
         pa.field("uri", pa.string(), nullable=False),
         pa.field("source_row", pa.int64(), nullable=False),
         pa.field("error", pa.string()),
+        pa.field("source_size", pa.int64()),
+        pa.field("source_version", pa.string()),
     ]
 )
 
@@ -53,6 +63,33 @@ class _Item:
     utt_id: str
     uri: str
     error: str | None = None
+    size: int | None = None
+    version: str | None = None
+
+
+def _local_meta(st: os.stat_result | None) -> tuple[int | None, str | None]:
+    """(size, version) of a regular local file from its ``stat``: the version is the
+    modification time in nanoseconds."""
+    if st is None or not _stat.S_ISREG(st.st_mode):
+        return None, None
+    return st.st_size, f"mtime_ns:{st.st_mtime_ns}"
+
+
+def _remote_meta(info) -> tuple[int | None, str | None]:
+    """(size, version) from a pyarrow ``FileInfo`` or an fsspec info dict: an ETag, version
+    id or generation when the store gives one, else the modification time."""
+    if isinstance(info, dict):
+        size = info.get("size")
+        for key in ("VersionId", "version_id", "generation", "ETag", "etag", "md5Hash"):
+            if info.get(key):
+                return size, f"{key.lower()}:{info[key]}"
+        for key in ("mtime", "LastModified", "last_modified", "updated", "created"):
+            if info.get(key) is not None:
+                return size, f"mtime:{info[key]}"
+        return size, None
+    size = info.size if info.size is not None and info.size >= 0 else None
+    mtime_ns = getattr(info, "mtime_ns", None)
+    return size, (f"mtime_ns:{mtime_ns}" if mtime_ns is not None else None)
 
 
 def resolve_input(spec: str) -> pa.Table:
@@ -82,13 +119,14 @@ def _from_directory(root: str) -> list[_Item]:
         return [_single_file(root, path)]
     files = fs.get_file_info(pafs.FileSelector(path, recursive=True))
     found = sorted(
-        (f.path, None if f.type == pafs.FileType.File else f"input: not a regular file (unknown type), not read: {redact(_to_uri(root, path, f.path))}")
+        (f.path, None if f.type == pafs.FileType.File else f"input: not a regular file (unknown type), not read: {redact(_to_uri(root, path, f.path))}",
+         _remote_meta(f) if f.type == pafs.FileType.File else (None, None))
         for f in files
         if f.type in (pafs.FileType.File, pafs.FileType.Unknown) and f.path.lower().endswith(AUDIO_EXTENSIONS)
     )
     if not found:
         raise InputError(f"no audio files ({', '.join(AUDIO_EXTENSIONS[:6])}, ...) found under {redact(root)}")
-    return [_Item(_strip_ext(_relative(p, path)), _to_uri(root, path, p), err) for p, err in found]
+    return [_Item(_strip_ext(_relative(p, path)), _to_uri(root, path, p), err, *meta) for p, err, meta in found]
 
 
 def _single_file(root: str, path: str) -> _Item:
@@ -115,18 +153,20 @@ def _from_local_directory(root: str, path: str) -> list[_Item]:
     except OSError as exc:
         raise InputError(f"cannot read input {redact(root)}: {exc.strerror or exc}") from None
     if _stat.S_ISREG(st.st_mode):
-        return [_single_file(root, path)]
+        item = _single_file(root, path)
+        return [_Item(item.utt_id, item.uri, None, *_local_meta(st))]
     if not _stat.S_ISDIR(st.st_mode):
         raise InputError(f"input {redact(root)} is not a regular file or folder ({_kind(st.st_mode)}); not read")
-    found = sorted(_scan_local(path, (st.st_dev, st.st_ino)))
+    found = sorted(_scan_local(path, (st.st_dev, st.st_ino)), key=lambda f: f[0])
     if not found:
         raise InputError(f"no audio files ({', '.join(AUDIO_EXTENSIONS[:6])}, ...) found under {redact(root)}")
-    return [_Item(_strip_ext(_relative(p, path)), _to_uri(root, path, p), err) for p, err in found]
+    return [_Item(_strip_ext(_relative(p, path)), _to_uri(root, path, p), err, *meta) for p, err, meta in found]
 
 
-def _scan_local(top: str, top_key: tuple[int, int]) -> list[tuple[str, str | None]]:
-    """``(path, error)`` for every entry named like audio below ``top``, recursively."""
-    found: list[tuple[str, str | None]] = []
+def _scan_local(top: str, top_key: tuple[int, int]) -> list[tuple[str, str | None, tuple]]:
+    """``(path, error, (size, version))`` for every entry named like audio below ``top``,
+    recursively."""
+    found: list[tuple[str, str | None, tuple]] = []
     stack: list[tuple[str, frozenset]] = [(top, frozenset([top_key]))]
     while stack:
         folder, above = stack.pop()
@@ -144,7 +184,7 @@ def _scan_local(top: str, top_key: tuple[int, int]) -> list[tuple[str, str | Non
                         st = os.stat(p)
                     except OSError as exc:
                         if audio and os.path.lexists(p):
-                            found.append((p, _unreadable_error(p, exc)))
+                            found.append((p, _unreadable_error(p, exc), (None, None)))
                         continue
                 elif entry.is_dir(follow_symlinks=False):
                     st = entry.stat(follow_symlinks=False)
@@ -153,7 +193,7 @@ def _scan_local(top: str, top_key: tuple[int, int]) -> list[tuple[str, str | Non
                 elif not audio:
                     continue
                 elif entry.is_file(follow_symlinks=False):
-                    found.append((p, None))
+                    found.append((p, None, _local_meta(entry.stat(follow_symlinks=False))))
                     continue
                 else:
                     st = entry.stat(follow_symlinks=False)
@@ -164,20 +204,22 @@ def _scan_local(top: str, top_key: tuple[int, int]) -> list[tuple[str, str | Non
                 if key not in above:
                     stack.append((p, above | {key}))
             elif audio:
-                found.append((p, _special_file_error(p, st.st_mode)))
+                found.append((p, _special_file_error(p, st.st_mode), _local_meta(st)))
     return found
 
 
 def _from_glob(pattern: str) -> list[_Item]:
     errors: dict[str, str | None] = {}
+    meta: dict[str, tuple] = {}
     if is_local(pattern):
         pat = local_path(pattern)
         paths = []
         for p in sorted(_glob.glob(pat, recursive=True)):
-            kind, err = _check_local(p)
+            kind, err, st = _check_local(p)
             if kind == "file":
                 paths.append(p)
                 errors[p] = err
+                meta[p] = _local_meta(st)
         base = _glob_base(pat)
         uris = paths
     else:
@@ -186,29 +228,31 @@ def _from_glob(pattern: str) -> list[_Item]:
         fs, _ = fsspec.core.url_to_fs(pattern)
         proto = pattern.split("://", 1)[0]
         stripped = pattern.split("://", 1)[1]
-        paths = sorted(fs.glob(stripped))
+        found = fs.glob(stripped, detail=True)
+        paths = sorted(p for p, info in found.items() if info.get("type", "file") == "file")
+        meta = {p: _remote_meta(found[p]) for p in paths}
         base = _glob_base(stripped)
         uris = [f"{proto}://{p}" for p in paths]
     if not paths:
         raise InputError(f"no files match {redact(pattern)}")
-    return [_Item(_strip_ext(_relative(p, base)), u, errors.get(p)) for p, u in zip(paths, uris)]
+    return [_Item(_strip_ext(_relative(p, base)), u, errors.get(p), *meta.get(p, (None, None))) for p, u in zip(paths, uris)]
 
 
-def _check_local(p: str) -> tuple[str, str | None]:
-    """``("file", error)`` for a path that is an input row (``error`` None for a regular file
-    or a link to one; set for a broken link, FIFO, socket or device), ``("dir", None)`` for a
-    folder or a link to one, ``("gone", None)`` for a path that does not exist."""
+def _check_local(p: str) -> tuple[str, str | None, os.stat_result | None]:
+    """``("file", error, stat)`` for a path that is an input row (``error`` None for a regular
+    file or a link to one; set for a broken link, FIFO, socket or device), ``("dir", None, stat)``
+    for a folder or a link to one, ``("gone", None, None)`` for a path that does not exist."""
     try:
         st = os.stat(p)
     except ValueError:  # e.g. an embedded NUL byte: no such local file
-        return "gone", None
+        return "gone", None, None
     except OSError as exc:
         if os.path.lexists(p):
-            return "file", _unreadable_error(p, exc)
-        return "gone", None
+            return "file", _unreadable_error(p, exc), None
+        return "gone", None, None
     if _stat.S_ISDIR(st.st_mode):
-        return "dir", None
-    return "file", _special_file_error(p, st.st_mode)
+        return "dir", None, st
+    return "file", _special_file_error(p, st.st_mode), st
 
 
 def _special_file_error(p: str, mode: int) -> str | None:
@@ -280,26 +324,28 @@ def _from_manifest(spec: str) -> list[_Item]:
         # Derived ids use the URI as written, so a relative manifest gives ids that do
         # not change when the corpus moves.
         utt_id = str(utt).strip() if utt is not None and str(utt).strip() else redact(written)
-        items.append(_Item(utt_id, uri, _manifest_row_error(uri)))
+        items.append(_Item(utt_id, uri, *_manifest_row_check(uri)))
     return items
 
 
-def _manifest_row_error(uri: str) -> str | None:
-    """An error for a local manifest row that must not be handed to the decoder: a FIFO,
-    socket or device (opening a FIFO blocks forever) or a broken symbolic link. Missing files
-    and folders are left to the decoder, which fails on them without blocking; remote URIs
-    are not touched here."""
+def _manifest_row_check(uri: str) -> tuple[str | None, int | None, str | None]:
+    """(error, size, version) of a manifest row. The error is for a local row that must not be
+    handed to the decoder: a FIFO, socket or device (opening a FIFO blocks forever) or a
+    broken symbolic link. Missing files and folders are left to the decoder, which fails on
+    them without blocking; remote URIs are not touched here (no metadata: always read)."""
     if not is_local(uri):
-        return None
-    kind, err = _check_local(local_path(uri))
-    return err if kind == "file" else None
+        return None, None, None
+    kind, err, st = _check_local(local_path(uri))
+    if kind != "file":
+        return None, None, None
+    return (err, None, None) if err else (None, *_local_meta(st))
 
 
 def _dedupe(items: list[_Item]) -> pa.Table:
     first_by_uri: dict[str, str] = {}
     first_by_id: dict[str, int] = {}
     dup_count: dict[str, int] = {}
-    utt_ids, uris, errors = [], [], []
+    utt_ids, uris, errors, sizes, versions = [], [], [], [], []
     for i, it in enumerate(items):
         err = None
         utt_id = it.utt_id
@@ -318,8 +364,11 @@ def _dedupe(items: list[_Item]) -> pa.Table:
         utt_ids.append(utt_id)
         uris.append(it.uri)
         errors.append(err)
+        sizes.append(None if err else it.size)
+        versions.append(None if err else it.version)
     return pa.table(
-        {"utt_id": utt_ids, "uri": uris, "source_row": list(range(len(items))), "error": errors},
+        {"utt_id": utt_ids, "uri": uris, "source_row": list(range(len(items))), "error": errors,
+         "source_size": sizes, "source_version": versions},
         schema=INPUT_SCHEMA,
     )
 

@@ -61,6 +61,7 @@ class Stage:
     name: ClassVar[str]
     reads: ClassVar[tuple[str, ...]]
     writes: ClassVar[tuple[str, ...]]
+    optional_reads: ClassVar[tuple[str, ...]] = ()  # columns the stage also reads when the batch has them
     drops: ClassVar[tuple[str, ...]] = ()  # columns removed after this stage
     expands: ClassVar[bool] = False  # may emit several rows per input row (``parent_row``)
 
@@ -100,7 +101,7 @@ class Stage:
         if missing:
             raise StageContractError(f"{self.name}: input batch lacks columns {missing} (has {batch.column_names})")
         t0 = time.perf_counter()
-        written = self.process(batch.select(list(self.reads)))
+        written = self.process(batch.select([*self.reads, *(c for c in self.optional_reads if c in batch.column_names)]))
         busy = time.perf_counter() - t0
         out = self._merge(batch, written)
         entries = {k: pa.concat_tables(v, promote_options="default") for k, v in self._entries.items()}

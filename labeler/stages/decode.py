@@ -1,5 +1,9 @@
 """Decode: read each file, hash its bytes, decode it to 16 kHz mono float32, find its speech.
 
+A file an earlier run read, listed now with the same URI, size and version (modification
+time, ETag or version id; ``known_sha256``, set by :func:`labeler.cache.known_sources`), is
+not even opened when its transcripts are in the cache: its sha256 is taken as known. Any
+other file is read and hashed, and its listing metadata goes to the ``sources/`` table.
 A file already transcribed with the same ASR and segmentation settings (found by its sha256
 in the transcript cache) is not decoded: it becomes its stored utterance rows, each with its
 transcript and no ``audio``, so ASR passes them by. A recording that is to be segmented
@@ -31,6 +35,7 @@ from labeler.stages.base import Stage, StageContext, columns, fetch, stage_error
 class DecodeStage(Stage):
     name = "decode"
     reads = ("utt_id", "uri", "error")
+    optional_reads = ("source_size", "source_version", "known_sha256")  # from the input listing and earlier runs
     writes = ("utt_id", *S.SPAN_COLUMNS, "audio_sha256", "duration_s", "audio", "speech", "source_utterances", "error",
               *S.TRANSCRIPT_COLUMNS, "asr_config_hash", "deferred")
     expands = True  # a cached recording becomes its stored utterances
@@ -63,26 +68,42 @@ class DecodeStage(Stage):
                 out[c].append(values.get(c))
             out["parent_row"][-1] = i
 
-        for i, (source, uri, error) in enumerate(zip(*(batch.column(c).to_pylist() for c in self.reads))):
+        n = batch.num_rows
+        opt = {c: batch.column(c).to_pylist() if c in batch.column_names else [None] * n for c in self.optional_reads}
+        listed: dict[str, list] = {"uri": [], "source_size": [], "source_version": [], "audio_sha256": []}
+
+        def from_cache(i: int, source: str, hit: list[dict]) -> None:
+            for u in hit:
+                whole = u["segment_count"] == 1 and u["start_s"] == 0 and u["end_s"] == u["duration_s"]
+                uid = source if whole or u["segment_index"] is None else utterance_id(source, u["start_s"], u["end_s"])
+                row(i, utt_id=uid, source_id=source, source_utterances=len(hit),
+                    **{c: u[c] for c in ("audio_sha256", "duration_s", "segment_index", "start_s", "end_s", *S.TRANSCRIPT_COLUMNS,
+                                          "asr_config_hash")})
+            if self.second_pass:
+                self.count(transcripts_from_this_run=1)
+            else:
+                self.count(transcripts_from_cache=1, utterances_from_cache=len(hit))
+
+        for i, (source, uri, error, size, version, known) in enumerate(
+                zip(*(batch.column(c).to_pylist() for c in self.reads), *opt.values())):
             if error is not None:
                 row(i, utt_id=source, source_id=source, error=error, source_utterances=1)
                 continue
             sha = duration = None
             try:
+                hit = self.cached(known) if known is not None else None
+                if hit is not None:  # unchanged since an earlier run read it: not opened
+                    from_cache(i, source, hit)
+                    self.count(sources_skipped_by_metadata=1)
+                    continue
                 sha, data = read_or_hash(uri, int(self.read_whole_max_mb * 2**20))  # sha kept even when decoding fails
                 self.count(audio_files_read=1)
+                if size is not None and version is not None and sha != known:  # (known: already in sources/)
+                    for c, v in (("uri", uri), ("source_size", size), ("source_version", version), ("audio_sha256", sha)):
+                        listed[c].append(v)
                 hit = self.cached(sha)
                 if hit is not None:
-                    for u in hit:
-                        whole = u["segment_count"] == 1 and u["start_s"] == 0 and u["end_s"] == u["duration_s"]
-                        uid = source if whole or u["segment_index"] is None else utterance_id(source, u["start_s"], u["end_s"])
-                        row(i, utt_id=uid, source_id=source, source_utterances=len(hit),
-                            **{c: u[c] for c in ("audio_sha256", "duration_s", "segment_index", "start_s", "end_s", *S.TRANSCRIPT_COLUMNS,
-                                                  "asr_config_hash")})
-                    if self.second_pass:
-                        self.count(transcripts_from_this_run=1)
-                    else:
-                        self.count(transcripts_from_cache=1, utterances_from_cache=len(hit))
+                    from_cache(i, source, hit)
                     continue
                 if self.dedupe and not self.report.claim(sha, source):
                     # another input of this run has the same audio: it waits for that one's transcript
@@ -105,6 +126,11 @@ class DecodeStage(Stage):
             except Exception as exc:  # AudioError or anything else: a per-file failure is data
                 row(i, utt_id=source, source_id=source, audio_sha256=sha, duration_s=duration,
                     error=stage_error(self.name, exc), source_utterances=1)
+        if listed["uri"]:
+            import datetime as dt
+
+            now = dt.datetime.now(dt.timezone.utc)
+            self.emit("sources", pa.table({**listed, "created_at": pa.array([now] * len(listed["uri"]), S.TIMESTAMP)}))
         return columns(out)
 
     def decode(self, source) -> tuple[Optional[np.ndarray], float, Optional[list[list[float]]]]:

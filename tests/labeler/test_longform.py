@@ -149,7 +149,8 @@ def test_caches_per_utterance(corpus, clean, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     m = manifest(out)
     assert m["cache"]["transcribed"] == 0 and m["cache"]["transcripts_from_cache"] == N_RECORDINGS + 3
-    assert m["audio_files_read"] == N_RECORDINGS + 3  # read and hashed, not decoded
+    # unchanged since the clean run (same URI, size, mtime): not even opened
+    assert m["audio_files_read"] == 0 and m["counts"]["sources_skipped_by_metadata"] == N_RECORDINGS + 3
     first = rows(out, "taxonomy = 'ekman'")
     again = rows(out, "taxonomy = 'iemocap4'")
     assert [r[:7] for r in again] == [r[:7] for r in first]
