@@ -1,7 +1,7 @@
 """Training speed on a laptop: seconds per epoch per 1,000 clips of about 4 s, the trainer's
 laptop defaults against its old behaviour, in the same run.
 
-    .venv/bin/python -m bench.train_speed [--clips 120] [--epochs 3] [--variants old,new,new-model-old-runtime]
+    .venv/bin/python -m bench.train_speed [--clips 100] [--epochs 3] [--variants old,new,new-model-old-runtime]
 
 The workload: ``--clips`` clips of real speech (Debian's Asterisk prompts of 3-5 s, one
 voice, 8 kHz, resampled to 16 kHz and written as WAV, each with its own level), listed in a
@@ -149,7 +149,7 @@ def run_variant(name: str, cfg_dict: dict) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.train_speed", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--clips", type=int, default=120, help="clips in the workload (figures are scaled per 1,000)")
+    p.add_argument("--clips", type=int, default=100, help="clips in the workload (figures are scaled per 1,000)")
     p.add_argument("--epochs", type=int, default=3, help="epochs per variant (the first is reported apart)")
     p.add_argument("--variants", default="old,new,new-model-old-runtime", help="comma-separated: old, new, new-model-old-runtime")
     p.add_argument("--json", default="bench/out/train_speed.json")
