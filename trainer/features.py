@@ -114,6 +114,42 @@ def fit_frames(feats: np.ndarray, max_frames: int, crop: str, rng: np.random.Gen
     return out, n
 
 
+def crop_batch(features, max_frames: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed-size crops of a batch of whole-clip features (``crop: none`` rows of
+    :func:`featurize_batch`, an object array of ``(n_mels, frames)`` arrays): a random
+    window of ``max_frames`` frames from each (:func:`fit_frames` with ``crop="random"``),
+    so every epoch sees new windows of the cached clips. Returns ``(features, n_frames)``."""
+    n = len(features)
+    if n == 0:
+        return np.zeros((0, 0, max_frames), np.float32), np.zeros(0, np.int32)
+    n_mels = int(np.shape(features[0])[0])
+    out = np.zeros((n, n_mels, max_frames), dtype=np.float32)
+    n_frames = np.zeros(n, dtype=np.int32)
+    for i, feats in enumerate(features):
+        out[i], n_frames[i] = fit_frames(np.asarray(feats, dtype=np.float32), max_frames, "random", rng)
+    return out, n_frames
+
+
+def crop_collate(max_frames: int):
+    """``iter_torch_batches`` collate function (a Ray ``NumpyBatchCollateFn``) for cached
+    whole-clip features: a fresh random crop of every clip (:func:`crop_batch`), then
+    tensors. Ray calls it in its prefetch threads, so cropping overlaps the training step;
+    each call draws from its own generator (fresh OS entropy), as :func:`featurize_batch`
+    does."""
+    import torch
+    from ray.data.collate_fn import NumpyBatchCollateFn
+
+    class CropCollate(NumpyBatchCollateFn):
+        def __call__(self, batch: dict[str, np.ndarray]):
+            feats, n_frames = crop_batch(batch["features"], max_frames, np.random.default_rng())
+            out = {"features": torch.from_numpy(feats), "n_frames": torch.from_numpy(n_frames)}
+            for key in ("label", "target", "ok"):
+                out[key] = torch.tensor(batch[key])  # a copy: Ray's arrays are read-only
+            return out
+
+    return CropCollate()
+
+
 def resolve_uri(uri: str, base_dir: str | None) -> str:
     """A relative local path is taken relative to ``base_dir`` (the directory the job was
     launched from): Ray workers run in their own working directories."""
@@ -353,7 +389,10 @@ def featurize_batch(
     from its source file by seeking (:func:`load_span`); a row without one (null or no such
     columns: a corpus file, a labels table written before utterances had spans) is its
     whole file. Features are computed over the utterance and ``crop`` then takes its frames
-    from them, so a crop never leaves the utterance.
+    from them, so a crop never leaves the utterance. ``crop="none"`` keeps the whole
+    utterance's features instead (a cache that :class:`CropCollate` crops afresh every
+    epoch): ``features`` is then an object array of ``(n_mels, frames)`` arrays, and
+    ``n_frames`` their lengths.
 
     One output row per input row. A clip that cannot be read or decoded keeps its row
     with ``ok = False`` and zero features, so the training loop counts it and leaves it
@@ -372,7 +411,13 @@ def featurize_batch(
     starts, ends = batch.get("start_s"), batch.get("end_s")
     labels = np.asarray(batch["label_index"], dtype=np.int64) if "label_index" in batch else np.full(n, -1, np.int64)
     scores = batch.get("scores")
-    feats = np.zeros((n, fspec.n_mels, fspec.max_frames), dtype=np.float32)
+    whole = crop == "none"
+    if whole:
+        feats = np.empty(n, dtype=object)
+        for i in range(n):
+            feats[i] = np.zeros((fspec.n_mels, 0), np.float32)  # an unreadable clip: no frames
+    else:
+        feats = np.zeros((n, fspec.n_mels, fspec.max_frames), dtype=np.float32)
     n_frames = np.zeros(n, dtype=np.int32)
     target = np.zeros((n, num_classes), dtype=np.float32)
     ok = np.zeros(n, dtype=bool)
@@ -398,7 +443,11 @@ def featurize_batch(
             waveform = load_span(resolve_uri(str(uris[i]), base_dir), _seconds(starts, i), _seconds(ends, i))
         except AudioError:
             continue
-        feats[i], n_frames[i] = fit_frames(log_mel(waveform, fspec), fspec.max_frames, crop, rng)
+        mel = log_mel(waveform, fspec)
+        if whole:
+            feats[i], n_frames[i] = mel, mel.shape[1]
+        else:
+            feats[i], n_frames[i] = fit_frames(mel, fspec.max_frames, crop, rng)
         ok[i] = True
     out = {"features": feats, "n_frames": n_frames, "label": labels, "target": target, "ok": ok}
     if keep_ids:

@@ -323,9 +323,12 @@ def featurize(
     batch_size: int,
     base_dir: str | None,
     keep_ids: bool = False,
+    whole: bool = False,
 ) -> ray.data.Dataset:
     """decode + log-mel on CPU tasks; one output row per input row (see
-    :func:`trainer.features.featurize_batch`)."""
+    :func:`trainer.features.featurize_batch`). Crops are random windows for ``train``, the
+    start otherwise; ``whole`` keeps each clip's whole features (the training cache, cropped
+    afresh every epoch by :func:`trainer.features.crop_collate`)."""
     from trainer.features import featurize_batch
 
     return ds.map_batches(
@@ -336,7 +339,7 @@ def featurize(
         fn_kwargs={
             "spec": spec.to_dict(),
             "num_classes": num_classes,
-            "crop": "random" if train else "start",
+            "crop": "none" if whole else "random" if train else "start",
             "base_dir": base_dir,
             "keep_ids": keep_ids,
         },

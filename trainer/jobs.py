@@ -70,8 +70,10 @@ def fit(
         ds = featurize(
             prepared.rows(split), spec=features, num_classes=num_classes, train=split == "train",
             data_cpus=scaling.data_cpus, batch_size=scaling.data_batch_size, base_dir=prepared.base_dir,
+            whole=prepared.cache_features and split == "train",
         )
-        # Cached: decoded once into the object store (spread over the cluster), reused every epoch.
+        # Cached: decoded once into the object store (spread over the cluster), reused every
+        # epoch; the training split keeps whole clips, which the workers crop afresh each epoch.
         return ds.materialize() if prepared.cache_features else ds
 
     recipe = RecipeConfig(
@@ -84,6 +86,10 @@ def fit(
         optim=cfg.optim,
         checkpoint=cfg.checkpoint,
         cpus_per_worker=scaling.cpus_per_worker,
+        torch_threads=scaling.torch_threads,
+        prefetch_batches=scaling.prefetch_batches,
+        keep_freed_memory=scaling.keep_freed_memory,
+        cached_train=prepared.cache_features,
         class_weights=class_weights(prepared.class_counts("train")) if cfg.train.class_weighting == "balanced" else None,
         init_checkpoint=init_checkpoint,
         freeze_encoder=bool(getattr(cfg, "freeze_encoder", False)),  # finetune only

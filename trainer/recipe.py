@@ -37,6 +37,10 @@ class RecipeConfig:
     optim: OptimConfig
     checkpoint: CheckpointConfig
     cpus_per_worker: float = 1.0
+    torch_threads: int | str = "auto"  # scaling.torch_threads: see trainer.runtime.choose_threads
+    prefetch_batches: int = 2  # batches prepared ahead of the step, in Ray's prefetch threads
+    keep_freed_memory: bool = True  # glibc mallopt: see trainer.runtime.keep_freed_memory
+    cached_train: bool = False  # the train shard holds whole-clip features, cropped here every epoch
     class_weights: list[float] | None = None  # per class, for train.class_weighting: balanced
     init_checkpoint: str | None = None  # a pretrained checkpoint whose encoder starts the model
     freeze_encoder: bool = False
@@ -83,8 +87,19 @@ class SERTrainRecipe:
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
+        self.threads = None
         if self.device.type == "cpu":
-            torch.set_num_threads(max(1, int(self.cfg.cpus_per_worker)))
+            from trainer.runtime import choose_threads, usable_cores
+
+            self.threads = choose_threads(
+                self.cfg.torch_threads, cpus_per_worker=self.cfg.cpus_per_worker,
+                cores=usable_cores(), local_workers=ctx.get_local_world_size(),
+            )
+            torch.set_num_threads(self.threads)
+        if self.cfg.keep_freed_memory:
+            from trainer.runtime import keep_freed_memory
+
+            keep_freed_memory()
         torch.manual_seed(self.tcfg.seed)
 
         self.label_names = self.cfg.label_names
@@ -135,6 +150,7 @@ class SERTrainRecipe:
             "world_size": self.world,
             "device": self.device.type,
             "precision": str(self.amp_dtype).removeprefix("torch.") if self.amp_dtype is not None else "float32",
+            "torch_threads": self.threads,  # null on GPU workers
             "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         })
 
@@ -226,6 +242,7 @@ class SERTrainRecipe:
     def _run_epoch(self, shard, train: bool) -> dict:
         import torch
 
+        from trainer.features import crop_collate
         from trainer.metrics import summarize
 
         num_classes = len(self.label_names)
@@ -236,10 +253,16 @@ class SERTrainRecipe:
         weight_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         counts = torch.zeros(3, dtype=torch.float64, device=self.device)  # rows, correct, skipped
         cm = torch.zeros(num_classes * num_classes, dtype=torch.float64, device=self.device)
+        cropping = train and self.cfg.cached_train
         batches = shard.iter_torch_batches(
             batch_size=self.tcfg.batch_size,
             device=self.device,
             local_shuffle_buffer_size=(self.tcfg.shuffle_buffer or None) if train else None,
+            # Fetching, formatting and (for the cache) cropping run in Ray's prefetch threads,
+            # overlapping the step; on a GPU the batch is copied from pinned memory.
+            prefetch_batches=self.cfg.prefetch_batches,
+            collate_fn=crop_collate(self.cfg.features.max_frames) if cropping else None,
+            pin_memory=self.device.type == "cuda",
         )
         grad = contextlib.nullcontext() if train else torch.no_grad()
         with grad:

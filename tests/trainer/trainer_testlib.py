@@ -201,7 +201,9 @@ def tiny_train_config(**sections) -> dict:
         "model": {"channels": 8, "blocks": [1, 1], "embed_dim": 32, "pooling": "meanstd", "dropout": 0.1},
         "optim": {"lr": 0.003, "warmup_epochs": 1},
         "train": {"epochs": 10, "batch_size": 8, "shuffle_buffer": 32},
-        "scaling": {"num_workers": 1, "cpus_per_worker": 0.5, "data_cpus": 0.5, "data_batch_size": 16},
+        # One torch thread: the tiny model gains nothing from two, and the session's 2 cores are
+        # shared with the decode tasks (test_trainer_throughput covers torch_threads: auto).
+        "scaling": {"num_workers": 1, "cpus_per_worker": 0.5, "data_cpus": 0.5, "data_batch_size": 16, "torch_threads": 1},
         "checkpoint": {"num_to_keep": 2, "metric": "val_ua"},
         "progress": False,
     }
