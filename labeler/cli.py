@@ -253,6 +253,9 @@ def print_summary(manifest: dict[str, Any], output: str, show: int = 20) -> None
     if manifest.get("audio_seconds") is not None and manifest.get("wall_seconds"):
         print(f"audio: {manifest['audio_seconds']:.1f} s in {manifest['wall_seconds']:.1f} s wall "
               f"({manifest.get('throughput_audio_s_per_s') or 0:.1f}x realtime, model loading included)")
+    if "sources_skipped_by_metadata" in c:  # label runs: what the listing let the run skip (README: unchanged files)
+        print(f"audio files: {c.get('sources_read', 0)} read, {c['sources_skipped_by_metadata']} unchanged since an earlier run "
+              f"and not opened ({c.get('sources_new', 0)} new, {c.get('sources_changed', 0)} changed since their last read)")
     cache = manifest.get("cache") or {}
     if cache:
         dup = cache.get("transcripts_from_this_run", 0)
