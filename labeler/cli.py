@@ -114,13 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         "ceiling). Writes reports/<run_id>.eval.json and .eval.png. Nothing is transcribed again.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ev.add_argument("--output", "-o", required=True, help="output root of earlier runs")
-    ev.add_argument("--gold", "-g", required=True, help="gold file (.csv, .parquet, .jsonl): label, and utt_id or uri [+ start_s, end_s], optional text")
-    ev.add_argument("--run", help="run id (default: the newest committed label or relabel run)")
-    ev.add_argument("--taxonomy", "-t", help="pick the newest run of this taxonomy (a name, or a taxonomy YAML: its name and version)")
-    ev.add_argument("--map", dest="label_map", action="append", default=[], metavar="GOLD=LABEL[,...]",
-                    help="gold label name -> taxonomy label, case-insensitive (repeatable), e.g. happy=joy,angry=anger")
-    ev.add_argument("--map-file", help="YAML or JSON mapping of gold label names to taxonomy labels")
+    _gold_arguments(ev)
     ev.add_argument("--target-accuracy", type=float, default=0.8, help="accuracy the confidence/margin threshold must reach (default 0.8)")
     ev.add_argument("--text-ceiling", action=argparse.BooleanOptionalAction, default=None,
                     help="score the gold rows' reference transcripts with the run's scorer (default: on when the gold file has a text column)")
@@ -348,6 +342,17 @@ def cmd_evaluate(args) -> int:
 # ----------------------------------------------------------------------------- tune
 
 
+def _gold_arguments(p) -> None:
+    """The run and gold-file arguments that evaluate and tune share."""
+    p.add_argument("--output", "-o", required=True, help="output root of earlier runs")
+    p.add_argument("--gold", "-g", required=True, help="gold file (.csv, .parquet, .jsonl): label, and utt_id or uri [+ start_s, end_s], optional text")
+    p.add_argument("--run", help="run id (default: the newest committed label or relabel run)")
+    p.add_argument("--taxonomy", "-t", help="pick the newest run of this taxonomy (a name, or a taxonomy YAML: its name and version)")
+    p.add_argument("--map", dest="label_map", action="append", default=[], metavar="GOLD=LABEL[,...]",
+                   help="gold label name -> taxonomy label, case-insensitive (repeatable), e.g. happy=joy,angry=anger")
+    p.add_argument("--map-file", help="YAML or JSON mapping of gold label names to taxonomy labels")
+
+
 def _tune_parser(sub) -> None:
     tu = sub.add_parser(
         "tune",
@@ -359,16 +364,10 @@ def _tune_parser(sub) -> None:
         "reports/<run_id>.tune.json.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    tu.add_argument("--output", "-o", required=True, help="output root of earlier runs")
-    tu.add_argument("--gold", "-g", required=True, help="gold file (.csv, .parquet, .jsonl), as for evaluate")
+    _gold_arguments(tu)
     tu.add_argument("--variants", "-V", help="variants file (YAML): scorer settings and templates per variant (README: Measuring label quality)")
     tu.add_argument("--template", dest="templates", action="append", default=[], metavar="TEMPLATE",
                     help="a hypothesis template with {label}, scored with the run's scorer (repeatable; two or more also make an ensemble)")
-    tu.add_argument("--run", help="run id (default: the newest committed label or relabel run)")
-    tu.add_argument("--taxonomy", "-t", help="pick the newest run of this taxonomy (a name, or a taxonomy YAML)")
-    tu.add_argument("--map", dest="label_map", action="append", default=[], metavar="GOLD=LABEL[,...]",
-                    help="gold label name -> taxonomy label, case-insensitive (repeatable)")
-    tu.add_argument("--map-file", help="YAML or JSON mapping of gold label names to taxonomy labels")
     tu.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
     tu.add_argument("--seed", type=int, default=0, help="seed of the resamples (default 0)")
     tu.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device of every variant's scorer (default: each one's scorer.device)")

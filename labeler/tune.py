@@ -458,11 +458,7 @@ def _ensemble_gain(y: np.ndarray, pred: np.ndarray, members: Mapping[str, np.nda
 
 
 def _ua(y: np.ndarray, pred: np.ndarray, k: int) -> float:
-    from labeler.evaluate import confusion_matrix
-
-    cm = confusion_matrix(y, pred, k)
-    support = cm.sum(axis=1)
-    return float((np.diag(cm)[support > 0] / support[support > 0]).mean())
+    return _point(y, pred, [str(i) for i in range(k)])["unweighted_accuracy"]
 
 
 def _snippet(best: str, by_name: Mapping[str, dict[str, Any]], manifest: Mapping[str, Any]) -> str:
