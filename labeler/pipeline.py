@@ -17,7 +17,7 @@ from typing import Optional
 
 from labeler import schema as S
 from labeler.config import LabelConfig
-from labeler.runs import RunPlan, RunResult, find_committed, read_run_rows, run
+from labeler.runs import RunPlan, RunResult, find_committed, run, stream_run_rows
 
 
 def run_labeling(cfg: LabelConfig) -> RunResult:
@@ -68,7 +68,8 @@ def run_relabel(cfg: LabelConfig, from_run: Optional[str] = None) -> RunResult:
         kind="relabel",
         taxonomy=taxonomy,
         key=cfg.run_key(taxonomy, kind="relabel", source=source["run_id"]),
-        read_inputs=lambda: read_run_rows(cfg.output, source, RELABEL_COLUMNS),
+        # streamed from the source run's Parquet by the workers: its transcripts never gather on the driver
+        read_inputs=lambda: stream_run_rows(cfg.output, source, RELABEL_COLUMNS, EntailStage.resources(cfg)["batch_size"]),
         stages=(EntailStage,),
         unit="utt_id",  # one row per stored utterance
         caches=("scores",),

@@ -30,7 +30,7 @@ import os
 import posixpath
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional
 
 import pyarrow as pa
@@ -56,13 +56,39 @@ class RunResult:
 
 
 @dataclass
+class StreamedInputs:
+    """Input rows that Ray Data reads in the workers and streams through the stages; the
+    driver never gathers them (a relabel's source run: its transcripts' text stays out of the
+    driver). ``make`` builds the dataset once Ray is up; ``num_rows`` comes from the Parquet
+    footers; ``skip`` is the ``utt_id``s a resumed run has already staged."""
+
+    make: Callable[[], Any]  # () -> ray.data.Dataset
+    num_rows: int
+    column_names: list[str]
+    skip: Optional[pa.Array] = None
+
+    def dataset(self) -> Any:
+        ds = self.make()
+        if self.skip is not None and len(self.skip):
+            ds = ds.map_batches(drop_ids, batch_format="pyarrow", fn_kwargs={"ids": self.skip}, zero_copy_batch=True)
+        return ds
+
+
+def drop_ids(batch: pa.Table, ids: pa.Array) -> pa.Table:
+    """``batch`` without the rows whose ``utt_id`` is in ``ids``."""
+    import pyarrow.compute as pc
+
+    return batch.filter(pc.invert(pc.is_in(batch.column("utt_id"), value_set=ids)))
+
+
+@dataclass
 class RunPlan:
     """What one kind of run does; :func:`run` does the rest."""
 
     kind: str  # "label" or "relabel"
     taxonomy: Taxonomy
     key: str  # the run key: a re-run with the same key resumes an unfinished run
-    read_inputs: Callable[[], pa.Table]  # the input rows: one per output row, unique utt_id
+    read_inputs: Callable[[], Any]  # the input rows (a pa.Table, or StreamedInputs): one per output row, unique utt_id
     stages: tuple[type[Stage], ...]  # in order
     caches: tuple[str, ...] = ("transcripts", "scores")  # caches the stages look up
     preset_cache_counts: Callable[[int], dict[str, int]] = lambda rows: {}  # counters known before any stage runs
@@ -103,7 +129,7 @@ def run(cfg: LabelConfig, plan: RunPlan) -> RunResult:
     return RunResult(run_id, manifest, cfg.output)
 
 
-def execute(cfg: LabelConfig, plan: RunPlan, run_id: str, todo: pa.Table) -> tuple[dict, dict, dict]:
+def execute(cfg: LabelConfig, plan: RunPlan, run_id: str, todo: Any) -> tuple[dict, dict, dict]:
     """Stream ``todo`` through the plan's stages into the staging folder. Returns the sink's
     row stats, the collector's (stage counters, cache files) and the cache sizes loaded.
 
@@ -111,7 +137,6 @@ def execute(cfg: LabelConfig, plan: RunPlan, run_id: str, todo: pa.Table) -> tup
     the run has (same sha256) is held back in a first pass, and a second pass over those
     copies finds their transcripts in what the first pass staged."""
     import pyarrow.compute as pc
-    import ray
 
     from labeler.cache import TranscriptCache
     from labeler.sink import merge_stats
@@ -124,15 +149,15 @@ def execute(cfg: LabelConfig, plan: RunPlan, run_id: str, todo: pa.Table) -> tup
     deferred = side.pop("deferred", [])
     if deferred:
         copies = todo.filter(pc.is_in(todo.column("utt_id"), value_set=pa.array(deferred, pa.string())))
-        own = TranscriptCache.load(S.staging_dir(cfg.output, run_id), (cfg.asr.config_hash(), cfg.segmented_hash()))
-        ctx.transcript_cache, ctx.dedupe, ctx.second_pass = ray.put(own), False, True
+        own, _ = off_driver(TranscriptCache.load, S.staging_dir(cfg.output, run_id), (cfg.asr.config_hash(), cfg.segmented_hash()))
+        ctx.transcript_cache, ctx.dedupe, ctx.second_pass = own, False, True
         rows2, side2 = _pass(cfg, plan, run_id, copies, ctx)
         side2.pop("deferred", None)
         rows, side = merge_stats([rows, rows2]), merge_side(side, side2)
     return rows, side, sizes
 
 
-def _pass(cfg: LabelConfig, plan: RunPlan, run_id: str, todo: pa.Table, ctx: StageContext) -> tuple[dict, dict]:
+def _pass(cfg: LabelConfig, plan: RunPlan, run_id: str, todo: Any, ctx: StageContext) -> tuple[dict, dict]:
     """One pass of ``todo`` through the stages into the sink, with its own attempt id and collector."""
     import ray
 
@@ -143,8 +168,11 @@ def _pass(cfg: LabelConfig, plan: RunPlan, run_id: str, todo: pa.Table, ctx: Sta
     attempt = secrets.token_hex(3)
     ctx.collector = start_collector(cfg.output, run_id, attempt, cfg.out.rows_per_file, cfg.out.compression)
     try:
-        step = plan.stages[0].resources(cfg)["batch_size"]
-        ds = ray.data.from_arrow([todo.slice(i, step) for i in range(0, todo.num_rows, step)])
+        if isinstance(todo, StreamedInputs):
+            ds = todo.dataset()
+        else:
+            step = plan.stages[0].resources(cfg)["batch_size"]
+            ds = ray.data.from_arrow([todo.slice(i, step) for i in range(0, todo.num_rows, step)])
         sink = LabelsSink(cfg.output, run_id, attempt, cfg.out.rows_per_file, cfg.out.compression)
         try:
             chain(ds, plan.stages, cfg, ctx).write_datasink(
@@ -176,21 +204,41 @@ def merge_side(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_caches(cfg: LabelConfig, plan: RunPlan) -> tuple[StageContext, dict[str, int]]:
-    """The caches the plan's stages look up, loaded once here and shared through Ray's object
-    store (each worker fetches them once). Returns the stage context and the cache sizes."""
-    import ray
-
+    """The caches the plan's stages look up, shared through Ray's object store (each node
+    maps them once, zero-copy, into its workers). Each is read and built by a Ray task, not
+    on the driver: the driver holds object refs and the cache sizes, never the transcripts'
+    text or the score table, so its memory does not grow with the caches. Returns the stage
+    context and the cache sizes."""
     from labeler.cache import ScoreCache, TranscriptCache
 
     ctx, sizes = StageContext(taxonomy=plan.taxonomy), {}
-    if "transcripts" in plan.caches:
+    if "transcripts" in plan.caches and cfg.cache.transcripts:
         hashes = (cfg.asr.config_hash(), cfg.segmented_hash())  # files transcribed whole, segmented recordings
-        tc = TranscriptCache.load(cfg.output, hashes) if cfg.cache.transcripts else TranscriptCache.empty()
-        ctx.transcript_cache, sizes["transcripts"] = (ray.put(tc) if len(tc) else None), len(tc)
-    if "scores" in plan.caches:
-        sc = ScoreCache.load(cfg.output, cfg.scorer.key_hash(), [h for hs in plan.taxonomy.hypothesis_sets for h in hs]) if cfg.cache.scores else None
-        ctx.score_cache, sizes["score_pairs"] = (ray.put(sc) if sc is not None and len(sc) else None), len(sc or ())
+        ctx.transcript_cache, sizes["transcripts"] = off_driver(TranscriptCache.load, cfg.output, hashes)
+    elif "transcripts" in plan.caches:
+        sizes["transcripts"] = 0
+    if "scores" in plan.caches and cfg.cache.scores:
+        hyps = [h for hs in plan.taxonomy.hypothesis_sets for h in hs]
+        ctx.score_cache, sizes["score_pairs"] = off_driver(ScoreCache.load, cfg.output, cfg.scorer.key_hash(), hyps)
+    elif "scores" in plan.caches:
+        sizes["score_pairs"] = 0
     return ctx, sizes
+
+
+def _build_cache(load: Callable[..., Any], *args: Any) -> tuple[Any, int]:
+    cache = load(*args)
+    return (cache if len(cache) else None), len(cache)
+
+
+def off_driver(load: Callable[..., Any], *args: Any) -> tuple[Any, int]:
+    """``load(*args)`` run as a Ray task: (an object ref to the cache it builds, or None when
+    it is empty; its size). The task returns the cache as one of two return values, so the
+    driver owns the object (it outlives the task's worker) without ever deserializing it."""
+    import ray
+
+    cache_ref, size_ref = ray.remote(num_returns=2, max_retries=3)(_build_cache).remote(load, *args)
+    size = int(ray.get(size_ref))
+    return (cache_ref if size else None), size
 
 
 # ----------------------------------------------------------------------------- Ray
@@ -363,7 +411,7 @@ def settle_staged(root: str, run_id: str, unit: str, compression: str = "zstd") 
     return complete
 
 
-def remaining(inputs: pa.Table, root: str, run_id: str, unit: str = "source_id", compression: str = "zstd") -> tuple[pa.Table, int]:
+def remaining(inputs: Any, root: str, run_id: str, unit: str = "source_id", compression: str = "zstd") -> tuple[Any, int]:
     """Input rows (keyed by ``utt_id``: a file's id for a label run, an utterance's for a
     relabel) not yet completely in the staged parts of ``run_id`` (a resumed run skips them).
     Returns them and how many were skipped."""
@@ -372,6 +420,9 @@ def remaining(inputs: pa.Table, root: str, run_id: str, unit: str = "source_id",
     done = settle_staged(root, run_id, unit, compression)
     if not done:
         return inputs, 0
+    if isinstance(inputs, StreamedInputs):  # every staged unit is one of this run's inputs (same run key)
+        skip = pa.array(sorted(done), pa.string())
+        return replace(inputs, num_rows=inputs.num_rows - len(done), skip=skip), len(done)
     keep = pc.invert(pc.is_in(inputs.column("utt_id"), value_set=pa.array(sorted(done), pa.string())))
     todo = inputs.filter(keep)
     return todo, inputs.num_rows - todo.num_rows
@@ -586,20 +637,60 @@ def labels_uri(root: str, manifest: dict[str, Any]) -> str:
     return S.labels_partition(root, tax["name"], tax["version"], manifest["run_id"])
 
 
-def read_run_rows(root: str, manifest: dict[str, Any], columns: list[str]) -> pa.Table:
-    """The given columns of a committed run's labels partition, sorted by ``utt_id``. Runs
-    written before the utterance columns existed read as one utterance per file: their
-    ``source_id`` is the ``utt_id``, the span the whole file (null on an error row)."""
-    import pyarrow.compute as pc
-    import pyarrow.dataset as pads
+#: Columns every labels row has, whatever the run's age (the span of older runs is derived from them).
+SPAN_INPUTS = ("utt_id", "source_id", "segment_index", "start_s", "end_s", "duration_s", "error")
 
-    fs, path = filesystem(labels_uri(root, manifest))
-    t = pads.dataset(path, filesystem=fs, format="parquet", schema=S.LABELS_FILE_SCHEMA).to_table(
-        columns=sorted(set(columns) | {"utt_id", "source_id", "segment_index", "start_s", "end_s", "duration_s", "error"}))
+
+def as_utterances(t: pa.Table) -> pa.Table:
+    """Rows of a run written before the utterance columns existed, read as one utterance per
+    file: their ``source_id`` is the ``utt_id``, the span the whole file (null on an error
+    row). Rows of newer runs are returned as they are."""
+    import pyarrow.compute as pc
+
     if t.num_rows and t.column("source_id").null_count == t.num_rows:  # an older run
         ok = pc.is_null(t.column("error"))
         t = t.set_column(t.column_names.index("source_id"), "source_id", t.column("utt_id"))
         t = t.set_column(t.column_names.index("segment_index"), "segment_index", pc.if_else(ok, pa.scalar(0, pa.int32()), pa.scalar(None, pa.int32())))
         t = t.set_column(t.column_names.index("start_s"), "start_s", pc.if_else(ok, 0.0, pa.scalar(None, pa.float64())))
         t = t.set_column(t.column_names.index("end_s"), "end_s", pc.if_else(ok, t.column("duration_s"), pa.scalar(None, pa.float64())))
-    return t.select(columns).sort_by("utt_id")
+    return t
+
+
+def read_run_rows(root: str, manifest: dict[str, Any], columns: list[str]) -> pa.Table:
+    """The given columns of a committed run's labels partition, sorted by ``utt_id``, read
+    here (for tools that look at a run: inspect, evaluate, tune). A relabel streams them
+    instead (:func:`stream_run_rows`)."""
+    import pyarrow.dataset as pads
+
+    fs, path = filesystem(labels_uri(root, manifest))
+    t = pads.dataset(path, filesystem=fs, format="parquet", schema=S.LABELS_FILE_SCHEMA).to_table(
+        columns=sorted(set(columns) | set(SPAN_INPUTS)))
+    return as_utterances(t).select(columns).sort_by("utt_id")
+
+
+def _select_utterances(batch: pa.Table, columns: list[str]) -> pa.Table:
+    # columns an older run's files lack are null, as when the driver reads them with the schema
+    for f in S.LABELS_FILE_SCHEMA:
+        if f.name not in batch.column_names and (f.name in columns or f.name in SPAN_INPUTS):
+            batch = batch.append_column(f, pa.nulls(batch.num_rows, f.type))
+    return as_utterances(batch).select(columns)
+
+
+def stream_run_rows(root: str, manifest: dict[str, Any], columns: list[str], rows_per_block: int) -> StreamedInputs:
+    """A committed run's labels rows as :class:`StreamedInputs`: read by ``ray.data.read_parquet``
+    in the workers, a block at a time. The driver reads only the Parquet footers (row count, schema)."""
+    import pyarrow.dataset as pads
+
+    fs, path = filesystem(labels_uri(root, manifest))
+    d = pads.dataset(path, filesystem=fs, format="parquet")
+    n = d.count_rows()
+    read = [c for c in sorted(set(columns) | set(SPAN_INPUTS)) if c in d.schema.names]  # an older run lacks some
+
+    def make() -> Any:
+        import ray
+
+        ds = ray.data.read_parquet(path, filesystem=fs).select_columns(read)  # pushed down into the read
+        return ds.map_batches(_select_utterances, batch_format="pyarrow", batch_size=rows_per_block,
+                              fn_kwargs={"columns": list(columns)}, zero_copy_batch=True)
+
+    return StreamedInputs(make=make, num_rows=n, column_names=list(columns))

@@ -10,13 +10,17 @@ import threading
 import time
 from pathlib import Path
 
+from dataclasses import replace
+
 import duckdb
+import pyarrow as pa
 import pytest
 
 from bench.speech import asterisk_clips
 from fixtures import REPO, SAMPLES
 from labeler.config import load_config
-from labeler.pipeline import run_labeling
+from labeler.pipeline import RELABEL_COLUMNS, run_labeling
+from labeler.runs import _select_utterances, find_committed, read_run_rows, stream_run_rows
 
 DEMO = str(REPO / "labeler" / "configs" / "demo.yaml")
 
@@ -55,7 +59,7 @@ def labeled(tmp_path):
     return clips, out
 
 
-def test_relabel_reads_no_audio_and_loads_no_asr(labeled, tmp_path):
+def test_relabel_reads_no_audio_and_loads_no_asr(labeled, tmp_path, ray_local):
     clips, out = labeled
     shutil.rmtree(clips)  # any audio read would now fail
     # an ASR model that cannot load: relabel must not try
@@ -76,6 +80,26 @@ def test_relabel_reads_no_audio_and_loads_no_asr(labeled, tmp_path):
     assert report["kind"] == "relabel" and list(report["label_distribution"]) == ["neutral", "happy", "sad", "angry"]
     assert sum(report["label_distribution"].values()) == 7 and (out / "reports" / f"{m['run_id']}.png").stat().st_size > 10_000
     assert "reports/" in proc.stdout
+    # the relabel streamed its source run through Ray Data: the same rows the driver would read,
+    # and a resumed relabel leaves out what it staged before
+    src = find_committed(str(out), m["source_run"])
+    want = read_run_rows(str(out), src, RELABEL_COLUMNS).to_pylist()
+    streamed = stream_run_rows(str(out), src, RELABEL_COLUMNS, rows_per_block=3)
+
+    def rows_of(inputs):
+        return pa.concat_tables(ray_local.get(inputs.dataset().to_arrow_refs())).sort_by("utt_id").to_pylist()
+
+    assert streamed.num_rows == len(want) == 7 and rows_of(streamed) == want
+    staged = pa.array([want[0]["utt_id"], want[3]["utt_id"]])
+    assert rows_of(replace(streamed, skip=staged)) == [r for i, r in enumerate(want) if i not in (0, 3)]
+
+
+def test_rows_of_an_older_run_stream_as_whole_file_utterances():
+    """A run written before the utterance columns existed: each file is one utterance."""
+    old = pa.table({"utt_id": ["a", "b"], "duration_s": [2.0, None], "error": [None, "decode: bad"], "text": ["hi", None]})
+    got = _select_utterances(old, ["utt_id", "source_id", "segment_index", "start_s", "end_s", "text"]).to_pylist()
+    assert got == [{"utt_id": "a", "source_id": "a", "segment_index": 0, "start_s": 0.0, "end_s": 2.0, "text": "hi"},
+                   {"utt_id": "b", "source_id": "b", "segment_index": None, "start_s": None, "end_s": None, "text": None}]
 
 
 def test_added_label_scores_only_new_pairs(labeled, tmp_path):
