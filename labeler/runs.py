@@ -469,26 +469,44 @@ def build_manifest(cfg: LabelConfig, plan: RunPlan, run_id: str, input_rows: int
     return manifest
 
 
+def count_staged(root: str, run_id: str, unit: str, segmented: dict[str, int]) -> tuple[int, int, int, int]:
+    """(units staged completely, units cut short, rows, distinct utt_id) over every staged part of ``run_id``."""
+    import pyarrow.compute as pc
+
+    fs, paths = staged_parts(root, run_id)
+    ids = staged_ids(fs, paths)
+    complete, incomplete = unit_counts(ids, unit, segmented)
+    unique = pc.count_distinct(ids.column("utt_id")).as_py() if ids.num_rows else 0
+    return len(complete), len(incomplete), ids.num_rows, unique
+
+
+def on_ray(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` as a Ray task when Ray is up (its memory is a worker's, not the
+    driver's), else here."""
+    import ray
+
+    if not ray.is_initialized():
+        return fn(*args)
+    return ray.get(ray.remote(max_retries=3)(fn).remote(*args))
+
+
 def commit(root: str, run_id: str, taxonomy: Taxonomy, scorer_key: str, expected_rows: int, manifest: dict[str, Any],
            unit: str = "source_id") -> dict[str, Any]:
     """Publish a staged run: check every input (``unit``) is there exactly once and whole
     (all of a file's utterances) and every utt_id once, move the partitions into
     place, write the manifest last. The run's totals come from the row summaries in the
-    footers of its staged parts (every attempt's), not from reading the rows again."""
-    import pyarrow.compute as pc
-
+    footers of its staged parts (every attempt's), not from reading the rows again; the
+    ids are checked by a Ray task, so the driver never holds them."""
     from labeler.sink import merge_stats, read_part_summaries
 
     fs, paths = staged_parts(root, run_id)
     totals = merge_stats(read_part_summaries(fs, paths))
-    ids = staged_ids(fs, paths)
-    complete, incomplete = unit_counts(ids, unit, totals["segmented"])
-    unique = pc.count_distinct(ids.column("utt_id")).as_py() if ids.num_rows else 0
-    if len(complete) != expected_rows or incomplete or unique != ids.num_rows:
+    complete, incomplete, rows, unique = on_ray(count_staged, root, run_id, unit, totals["segmented"])
+    if complete != expected_rows or incomplete or unique != rows:
         what = "files" if unit == "source_id" else "utterances"
         raise CommitError(
-            f"run {run_id}: {expected_rows} input {what} but {len(complete)} staged completely"
-            f"{f' and {len(incomplete)} cut short' if incomplete else ''} ({ids.num_rows} rows, {unique} distinct utt_id); "
+            f"run {run_id}: {expected_rows} input {what} but {complete} staged completely"
+            f"{f' and {incomplete} cut short' if incomplete else ''} ({rows} rows, {unique} distinct utt_id); "
             f"nothing was published (staged files are under {redact(S.staging_dir(root, run_id))})"
         )
     _, stage = filesystem(S.staging_dir(root, run_id))
