@@ -48,15 +48,25 @@ def manifest(root, run_id=None):
     return json.loads(path.read_text())
 
 
-@pytest.fixture()
-def labeled(tmp_path):
-    """A corpus labeled once with ekman (fresh process, its own local Ray)."""
-    clips = tmp_path / "clips"
+@pytest.fixture(scope="module")
+def labeled_once(tmp_path_factory):
+    """A corpus labeled once with ekman (fresh process, its own local Ray), for the module."""
+    base = tmp_path_factory.mktemp("labeled")
+    clips = base / "clips"
     shutil.copytree(SAMPLES, clips, ignore=shutil.ignore_patterns("*.md"))
-    out = tmp_path / "out"
+    out = base / "out"
     proc = cli("label", "--config", DEMO, "--input", str(clips), "--output", str(out), "--no-progress")
     assert proc.returncode == 0, proc.stderr[-2000:]
     return clips, out
+
+
+@pytest.fixture()
+def labeled(labeled_once, tmp_path):
+    """This test's own copy of the labeled corpus and its output root (tests change both).
+    The copy's files have new paths, so a label run over them reads them again (their sha256
+    then finds the transcripts); a relabel reads no audio at all."""
+    clips, out = (shutil.copytree(p, tmp_path / p.name) for p in labeled_once)
+    return Path(clips), Path(out)
 
 
 def test_relabel_reads_no_audio_and_loads_no_asr(labeled, tmp_path, ray_local):
