@@ -62,7 +62,8 @@ class LabelsData(_TaxonomySection):
         False,
         description="decode + log-mel every utterance once and keep its whole-utterance features in Ray's object store for all epochs "
         "(a fresh random crop per epoch; 25.6 KB per second of audio at 64 mels, spilled to disk beyond the object store); "
-        "for tables whose audio fits, e.g. ~0.1 GB per 1,000 clips of 4 s",
+        "for tables whose audio fits, e.g. ~0.1 GB per 1,000 clips of 4 s; with model.encoder: pretrained the waveform is cached "
+        "instead (64 KB per second of audio)",
     )
 
 
@@ -89,7 +90,8 @@ class CorpusData(_TaxonomySection):
     cache_features: bool = Field(
         True,
         description="decode + log-mel every clip once and keep its whole-clip features in Ray's object store for all epochs "
-        "(a fresh random crop per epoch; 25.6 KB per second of audio at 64 mels); labeled corpora are small enough",
+        "(a fresh random crop per epoch; 25.6 KB per second of audio at 64 mels, 64 KB of waveform for a pretrained encoder); "
+        "labeled corpora are small enough",
     )
 
 
