@@ -263,6 +263,10 @@ def test_weak_label_pretraining_on_a_frozen_encoder_trains_only_the_mix_and_head
     assert model.encoder.layer_weights.abs().max() > 1e-4
     assert abs(float(model.encoder.layer_mix().detach().sum()) - 1) < 1e-6
     assert model.head.out_features == 7 and meta["label_names"][0] == "anger"
+    # epoch 1's checkpoint against epoch 2's: the head moved, the backbone did not
+    first, _ = load_model(os.path.join(report["run_path"], "checkpoint_epoch_0001"))
+    assert not np.array_equal(first.head.weight.detach().numpy(), model.head.weight.detach().numpy())
+    assert all(np.array_equal(v.numpy(), trained[k].numpy()) for k, v in backbone_state(first).items())
     assert report["parameters"] == sum(p.numel() for p in model.parameters())
 
 
