@@ -5,7 +5,8 @@ A checkpoint is a directory, local or under an ``s3://`` / ``gs://`` storage pat
     meta.json        format, epoch (numbered from 1: ``epoch_base: 1``), global_step,
                      taxonomy + label names, model and feature settings, this epoch's
                      metrics, the run's history and attempts so far
-    model.pt         the model's state_dict (encoder.* and head.*)
+    model.pt         the model's state_dict (encoder.* and head.*; a pretrained speech
+                     encoder's backbone weights included, frozen or not)
     train_state.pt   optimizer, LR scheduler and grad-scaler state (for resuming)
 
 ``meta.json`` holds all that ``evaluate`` and ``finetune`` need to rebuild the model and
@@ -128,11 +129,12 @@ def load_states(directory: str, *, train_state: bool = False, device: str = "cpu
 
 
 def load_model(ref: str, device: str = "cpu") -> tuple[SERModel, dict]:
-    """(SERModel in eval mode, meta) from any checkpoint reference."""
-    from trainer.model import ModelSpec, SERModel
+    """(model in eval mode, meta) from any checkpoint reference: a :class:`SERModel`, or a
+    pretrained-encoder model rebuilt from the configuration its ``meta.json`` keeps."""
+    from trainer.model import build_model, spec_from_dict
 
     with open_checkpoint(ref) as directory:
         meta, state, _ = load_states(directory, device=device)
-    model = SERModel(ModelSpec.from_dict(meta["model"]), len(meta["label_names"]))
+    model = build_model(spec_from_dict(meta["model"]), len(meta["label_names"]))
     model.load_state_dict(state)
     return model.to(device).eval(), meta

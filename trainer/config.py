@@ -13,11 +13,12 @@ import os
 import re
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, ValidationInfo, field_validator, model_validator
 
 from trainer.errors import ConfigError, JobConfigError  # noqa: F401 - ConfigError: what load_config raises, for callers
 
 if TYPE_CHECKING:
+    from trainer.encoders import PretrainedSpec
     from trainer.features import FeatureSpec
     from trainer.model import ModelSpec
 
@@ -61,7 +62,8 @@ class LabelsData(_TaxonomySection):
         False,
         description="decode + log-mel every utterance once and keep its whole-utterance features in Ray's object store for all epochs "
         "(a fresh random crop per epoch; 25.6 KB per second of audio at 64 mels, spilled to disk beyond the object store); "
-        "for tables whose audio fits, e.g. ~0.1 GB per 1,000 clips of 4 s",
+        "for tables whose audio fits, e.g. ~0.1 GB per 1,000 clips of 4 s; with model.encoder: pretrained the waveform is cached "
+        "instead (64 KB per second of audio)",
     )
 
 
@@ -88,7 +90,8 @@ class CorpusData(_TaxonomySection):
     cache_features: bool = Field(
         True,
         description="decode + log-mel every clip once and keep its whole-clip features in Ray's object store for all epochs "
-        "(a fresh random crop per epoch; 25.6 KB per second of audio at 64 mels); labeled corpora are small enough",
+        "(a fresh random crop per epoch; 25.6 KB per second of audio at 64 mels, 64 KB of waveform for a pretrained encoder); "
+        "labeled corpora are small enough",
     )
 
 
@@ -110,13 +113,20 @@ class FeatureConfig(_Section):
     )
     normalize: Literal["utterance_mean", "none"] = Field("utterance_mean", description="subtract each mel band's mean over the clip")
 
-    def spec(self) -> FeatureSpec:
+    def spec(self, kind: str = "log_mel") -> FeatureSpec:
+        """The features for ``kind``: ``log_mel`` (the ResNet) or ``waveform`` (a pretrained
+        encoder, which uses only ``max_seconds``)."""
         from trainer.features import FeatureSpec
 
-        return FeatureSpec(**self.model_dump())
+        return FeatureSpec(**self.model_dump(), kind=kind)
 
 
 class ModelConfig(_Section):
+    """The compact log-mel ResNet (:mod:`trainer.model`): the default, trained from scratch."""
+
+    encoder: Literal["resnet"] = Field(
+        "resnet", description="resnet (default): the compact log-mel ResNet, trained from scratch | pretrained: a self-supervised speech encoder (see its fields)"
+    )
     channels: int = Field(
         16, ge=4, le=512, description="channels of the first ResNet stage (doubled per stage); 16 trains on 2 CPU cores in minutes, a GPU affords 32-64"
     )
@@ -136,7 +146,59 @@ class ModelConfig(_Section):
         """The model's architecture for inputs of ``n_mels`` mel bands."""
         from trainer.model import ModelSpec
 
-        return ModelSpec(n_mels=n_mels, **{**self.model_dump(), "blocks": tuple(self.blocks)})
+        return ModelSpec(n_mels=n_mels, **{**self.model_dump(exclude={"encoder"}), "blocks": tuple(self.blocks)})
+
+
+class PretrainedEncoderConfig(_Section):
+    """A pretrained self-supervised speech encoder through transformers (:mod:`trainer.encoders`):
+    WavLM, HuBERT or wav2vec 2.0, with weighted layer pooling and a small head."""
+
+    encoder: Literal["pretrained"] = Field(description="pretrained: start from a self-supervised speech encoder")
+    name_or_path: str | None = Field(
+        None,
+        description="hub id (e.g. microsoft/wavlm-base-plus, facebook/hubert-base-ls960, facebook/wav2vec2-base) or a local "
+        "save_pretrained folder (readable by every training worker); families: wavlm, hubert, wav2vec2. Required, except in "
+        "finetune with init_checkpoint, whose encoder is used",
+    )
+    freeze: bool = Field(
+        True, description="true: the backbone's weights stay as published (eval mode, no gradient: cheap); false: fine-tune them at encoder_lr"
+    )
+    freeze_feature_encoder: bool = Field(
+        True, description="with freeze: false, keep the CNN feature encoder fixed and fine-tune only the transformer layers (the usual practice)"
+    )
+    encoder_lr: float | None = Field(
+        None, gt=0, le=1.0, description="learning rate of the backbone's weights when freeze is false; null = optim.lr (a tenth of it or less is usual)"
+    )
+    embed_dim: int = Field(256, ge=8, le=4096, description="utterance embedding size after the layer mix and mean pooling (what evaluate exports)")
+    dropout: float = Field(0.2, ge=0.0, lt=1.0, description="dropout before the class head")
+    normalize: bool | None = Field(
+        None, description="zero-mean unit-variance input per clip; null = as the model's preprocessor_config.json (do_normalize) says"
+    )
+
+    @field_validator("name_or_path")
+    @classmethod
+    def _reference(cls, v: str | None) -> str | None:
+        from trainer.encoders import check_reference
+
+        return v if v is None else check_reference(v)
+
+    def spec(self, n_mels: int | None = None) -> PretrainedSpec:
+        """The encoder's spec before the model is read (:func:`trainer.encoders.resolve_spec`
+        fills in its family and configuration); ``n_mels`` is unused: it reads the waveform."""
+        from trainer.encoders import PretrainedSpec
+
+        return PretrainedSpec(**self.model_dump(exclude={"encoder"}))
+
+
+def _model_kind(value: Any) -> str:
+    kind = value.get("encoder", "resnet") if isinstance(value, dict) else getattr(value, "encoder", "resnet")
+    return kind if kind in ("resnet", "pretrained") else "unknown"
+
+
+ModelSection = Annotated[
+    Union[Annotated[ModelConfig, Tag("resnet")], Annotated[PretrainedEncoderConfig, Tag("pretrained")]],
+    Discriminator(_model_kind, custom_error_type="encoder", custom_error_message="encoder must be resnet or pretrained"),
+]
 
 
 class OptimConfig(_Section):
@@ -230,7 +292,7 @@ class _JobConfig(_Section):
 class _TrainJobConfig(_JobConfig):
     data: DataConfig
     features: FeatureConfig = Field(default_factory=FeatureConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    model: ModelSection = Field(default_factory=ModelConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
@@ -246,8 +308,30 @@ class _TrainJobConfig(_JobConfig):
             raise ValueError(f"must be letters, digits and _ . = - (no slashes), got {v!r}")
         return v
 
+    @field_validator("model")
+    @classmethod
+    def _features_fit_the_model(cls, v: Any, info: ValidationInfo) -> Any:
+        features = info.data.get("features")
+        unused = sorted((features.model_fields_set - {"max_seconds"}) if features is not None else ())
+        if isinstance(v, PretrainedEncoderConfig) and unused:
+            raise ValueError(
+                f"a pretrained encoder reads the 16 kHz waveform: features.{', features.'.join(unused)} would be unused; "
+                "set only features.max_seconds"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _encoder_named(self) -> "_TrainJobConfig":
+        if isinstance(self.model, PretrainedEncoderConfig) and self.model.name_or_path is None and not getattr(self, "init_checkpoint", None):
+            raise ValueError("model.name_or_path: required for encoder: pretrained (a hub id or a local folder)")
+        return self
+
     def storage(self) -> str:
         return self.storage_path or os.path.join(os.path.abspath(self.output_dir), "checkpoints")
+
+    def feature_spec(self) -> FeatureSpec:
+        """Log-mel for the ResNet, the waveform for a pretrained encoder."""
+        return self.features.spec("waveform" if isinstance(self.model, PretrainedEncoderConfig) else "log_mel")
 
 
 class PretrainConfig(_TrainJobConfig):
@@ -315,8 +399,12 @@ def _format_error(err: dict) -> str:
     loc = [str(p) for p in err["loc"]]
     if len(loc) > 1 and loc[0] == "data" and loc[1] in _DATA_KINDS:
         del loc[1]  # the discriminated union's tag, not a field
-    field = ".".join(loc) or "<root>"
+    if len(loc) > 1 and loc[0] == "model" and loc[1] in ("resnet", "pretrained"):
+        del loc[1]  # the model union's tag, not a field
     msg = err["msg"].removeprefix("Value error, ")
+    if not loc:  # a check across sections: its message names the fields
+        return msg
+    field = ".".join(loc)
     if err["type"] == "missing":
         return f"{field}: required field is missing"
     if err["type"] == "extra_forbidden":

@@ -1,6 +1,8 @@
 """Log-mel features in numpy (no torchaudio or librosa), and the Ray Data batch function that
 decodes utterances by URI (a whole file, or a span of a longer recording cut by seeking:
-:func:`load_span`) and turns them into fixed-size training inputs.
+:func:`load_span`) and turns them into fixed-size training inputs: log-mel frames for the
+ResNet, or the 16 kHz waveform itself (one channel, one "frame" per sample) for a pretrained
+speech encoder (``FeatureSpec(kind="waveform")``), cropped, cached and padded the same way.
 
     >>> import numpy as np
     >>> from trainer.features import FeatureSpec, log_mel
@@ -36,6 +38,15 @@ class FeatureSpec:
     fmax: float | None = None
     max_seconds: float = 6.0
     normalize: str = "utterance_mean"  # or "none"
+    #: "log_mel" (the ResNet's input), or "waveform": the raw 16 kHz samples as one channel,
+    #: what a pretrained speech encoder reads (its own convolutions make the frames; the
+    #: mel settings above are then unused). Checkpoints written before this field are log-mel.
+    kind: str = "log_mel"
+
+    @property
+    def channels(self) -> int:
+        """Rows of one clip's feature array: ``n_mels``, or 1 for the waveform."""
+        return 1 if self.kind == "waveform" else self.n_mels
 
     @property
     def n_fft(self) -> int:
@@ -47,6 +58,9 @@ class FeatureSpec:
 
     @property
     def max_frames(self) -> int:
+        """Frames of a crop: log-mel frames, or samples for the waveform."""
+        if self.kind == "waveform":
+            return int(self.max_seconds * SAMPLE_RATE)
         return int(self.max_seconds * SAMPLE_RATE) // self.hop + 1
 
     def to_dict(self) -> dict:
@@ -97,6 +111,15 @@ def log_mel(waveform: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     if spec.normalize == "utterance_mean":
         out -= out.mean(axis=1, keepdims=True)
     return out
+
+
+def clip_features(waveform: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """``(channels, frames)`` float32 features of one clip: :func:`log_mel`, or for
+    ``kind="waveform"`` the samples as they are, as one row (a pretrained encoder normalises
+    its input itself, over the real samples of its crop: see :mod:`trainer.encoders`)."""
+    if spec.kind == "waveform":
+        return np.asarray(waveform, dtype=np.float32).reshape(1, -1)
+    return log_mel(waveform, spec)
 
 
 def fit_frames(feats: np.ndarray, max_frames: int, crop: str, rng: np.random.Generator) -> tuple[np.ndarray, int]:
@@ -383,7 +406,8 @@ def featurize_batch(
     keep_ids: bool = False,
 ) -> dict[str, np.ndarray]:
     """Ray Data ``map_batches`` function: ``uri`` (+ ``label_index``, optional ``scores``,
-    optional ``start_s`` / ``end_s``) -> fixed-size log-mel ``features`` and training targets.
+    optional ``start_s`` / ``end_s``) -> fixed-size ``features`` (log-mel, or the waveform for
+    ``kind="waveform"``: :func:`clip_features`) and training targets.
 
     A row with a span (``start_s``, ``end_s``: an utterance of a longer recording) is cut
     from its source file by seeking (:func:`load_span`); a row without one (null or no such
@@ -398,7 +422,7 @@ def featurize_batch(
     with ``ok = False`` and zero features, so the training loop counts it and leaves it
     out of the loss and of every metric: a broken file never gets a label silently.
 
-    Output columns: ``features`` (float32, ``n_mels x max_frames``), ``n_frames``,
+    Output columns: ``features`` (float32, ``channels x max_frames``), ``n_frames``,
     ``label`` (int64, -1 when unknown), ``target`` (float32 distribution over
     ``num_classes``: the stored ``scores`` when present, else one-hot), ``ok``; with
     ``keep_ids`` also ``utt_id``.
@@ -415,9 +439,9 @@ def featurize_batch(
     if whole:
         feats = np.empty(n, dtype=object)
         for i in range(n):
-            feats[i] = np.zeros((fspec.n_mels, 0), np.float32)  # an unreadable clip: no frames
+            feats[i] = np.zeros((fspec.channels, 0), np.float32)  # an unreadable clip: no frames
     else:
-        feats = np.zeros((n, fspec.n_mels, fspec.max_frames), dtype=np.float32)
+        feats = np.zeros((n, fspec.channels, fspec.max_frames), dtype=np.float32)
     n_frames = np.zeros(n, dtype=np.int32)
     target = np.zeros((n, num_classes), dtype=np.float32)
     ok = np.zeros(n, dtype=bool)
@@ -443,7 +467,7 @@ def featurize_batch(
             waveform = load_span(resolve_uri(str(uris[i]), base_dir), _seconds(starts, i), _seconds(ends, i))
         except AudioError:
             continue
-        mel = log_mel(waveform, fspec)
+        mel = clip_features(waveform, fspec)
         if whole:
             feats[i], n_frames[i] = mel, mel.shape[1]
         else:

@@ -19,6 +19,7 @@ from trainer.reports import EPOCH_BASE, REPORT, write_json
 
 if TYPE_CHECKING:
     from trainer.config import FinetuneConfig, PretrainConfig
+    from trainer.encoders import PretrainedSpec
     from trainer.features import FeatureSpec
     from trainer.ingest import PreparedData
     from trainer.model import ModelSpec
@@ -45,7 +46,7 @@ def fit(
     *,
     job: str,
     prepared: PreparedData,
-    model: ModelSpec,
+    model: ModelSpec | PretrainedSpec,
     features: FeatureSpec,
     init_checkpoint: str | None = None,
 ) -> dict[str, Any]:
@@ -170,16 +171,40 @@ def _report(cfg: PretrainConfig | FinetuneConfig, job: str, prepared: PreparedDa
     }
 
 
+def model_spec(cfg: PretrainConfig | FinetuneConfig) -> ModelSpec | PretrainedSpec:
+    """The config's model: the ResNet's spec, or a pretrained encoder's, completed from the
+    encoder's own config and feature extractor (read here, on the driver, so a bad model
+    fails before any data is read)."""
+    from trainer.encoders import EncoderError, PretrainedSpec, resolve_spec
+
+    spec = cfg.model.spec(cfg.features.n_mels)
+    if isinstance(spec, PretrainedSpec):
+        try:
+            spec = resolve_spec(spec)
+        except EncoderError as exc:
+            raise JobError(f"model.name_or_path: {exc}") from None
+    return spec
+
+
+def parameter_count(spec: ModelSpec | PretrainedSpec, num_classes: int) -> int:
+    """Parameters of the model, counted on torch's meta device (no memory, no weights read)."""
+    import torch
+
+    from trainer.model import build_model, count_parameters
+
+    with torch.device("meta"):
+        return count_parameters(build_model(spec, num_classes))
+
+
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     """``lanser-train pretrain``: weak labels -> SER model. Returns (and writes) the report."""
     from trainer.ingest import prepare_data
-    from trainer.model import SERModel, count_parameters
 
     started = time.time()
+    model = model_spec(cfg)
     prepared = prepare_data(cfg.data)
-    model = cfg.model.spec(cfg.features.n_mels)
-    outcome = fit(cfg, job="pretrain", prepared=prepared, model=model, features=cfg.features.spec())
-    params = count_parameters(SERModel(model, len(prepared.label_names)))
+    outcome = fit(cfg, job="pretrain", prepared=prepared, model=model, features=cfg.feature_spec())
+    params = parameter_count(model, len(prepared.label_names))
     report = _report(cfg, "pretrain", prepared, outcome, started, parameters=params)
     write_json(os.path.join(cfg.output_dir, REPORT), report)
     return report
@@ -193,19 +218,21 @@ def finetune(cfg: FinetuneConfig, prepared: PreparedData | None = None) -> dict[
     from trainer.evaluate import evaluate_rows
     from trainer.features import FeatureSpec
     from trainer.ingest import prepare_data
-    from trainer.model import ModelSpec
+    from trainer.model import spec_from_dict
 
     started = time.time()
-    prepared = prepared or prepare_data(cfg.data)
-    prepared = prepared.with_train_fraction(cfg.train_fraction, seed=getattr(cfg.data, "seed", 0))
     init = None
-    features, model = cfg.features.spec(), cfg.model.spec(cfg.features.n_mels)
     if cfg.init_checkpoint:
         init = resolve_checkpoint(cfg.init_checkpoint)
         with open_checkpoint(init) as directory:
             init_meta = read_meta(directory)
         # the pretrained encoder defines both
-        features, model = FeatureSpec(**init_meta["features"]), ModelSpec.from_dict(init_meta["model"])
+        features, model = FeatureSpec(**init_meta["features"]), spec_from_dict(init_meta["model"])
+        model = _training_choices(cfg, model)
+    else:
+        features, model = cfg.feature_spec(), model_spec(cfg)
+    prepared = prepared or prepare_data(cfg.data)
+    prepared = prepared.with_train_fraction(cfg.train_fraction, seed=getattr(cfg.data, "seed", 0))
     outcome = fit(cfg, job="finetune", prepared=prepared, model=model, features=features, init_checkpoint=init)
     test = None
     if prepared.split_size("test"):
@@ -223,3 +250,31 @@ def finetune(cfg: FinetuneConfig, prepared: PreparedData | None = None) -> dict[
     report = _report(cfg, "finetune", prepared, outcome, started, init_checkpoint=init, test=test)
     write_json(os.path.join(cfg.output_dir, REPORT), report)
     return report
+
+
+#: Fields of a pretrained encoder's config section that a fine-tune from an init checkpoint
+#: may change: how its backbone trains, not what it is.
+TRAINING_CHOICES = ("freeze", "freeze_feature_encoder", "encoder_lr")
+
+
+def _training_choices(cfg: FinetuneConfig, init_model: ModelSpec | PretrainedSpec) -> ModelSpec | PretrainedSpec:
+    """The init checkpoint's model with the fine-tune's own ``freeze``,
+    ``freeze_feature_encoder`` and ``encoder_lr`` where its ``model`` section (``encoder:
+    pretrained``) sets them: weak-label pretraining with a frozen backbone, then fine-tuning
+    it. The architecture stays the checkpoint's."""
+    from dataclasses import replace
+
+    from trainer.config import PretrainedEncoderConfig
+    from trainer.encoders import PretrainedSpec
+
+    section = cfg.model
+    if not isinstance(section, PretrainedEncoderConfig):
+        return init_model
+    if not isinstance(init_model, PretrainedSpec):
+        raise JobError("model.encoder: pretrained, but init_checkpoint holds a log-mel ResNet; remove the model section or choose another checkpoint")
+    if section.name_or_path is not None and section.name_or_path != init_model.name_or_path:
+        raise JobError(
+            f"model.name_or_path: {section.name_or_path!r}, but init_checkpoint's encoder is {init_model.name_or_path!r}; "
+            "remove model.name_or_path (the checkpoint's encoder is used)"
+        )
+    return replace(init_model, **{k: getattr(section, k) for k in TRAINING_CHOICES if k in section.model_fields_set})

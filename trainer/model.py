@@ -13,15 +13,24 @@ ECAPA's attentive statistics pooling)::
 
 ``SERModel.encoder`` is everything up to the embedding; fine-tuning loads it from a
 pretrained checkpoint and puts a new head on it sized for the new taxonomy.
+
+The other model kind, :class:`PretrainedSER`, is a pretrained speech encoder (WavLM, HuBERT,
+wav2vec 2.0) with weighted layer pooling and a small head (its spec and loading are in
+:mod:`trainer.encoders`); :func:`build_model` and :func:`spec_from_dict` build either kind
+from its spec.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from trainer.encoders import PretrainedSpec
 
 
 @dataclass(frozen=True)
@@ -130,6 +139,122 @@ class SERModel(nn.Module):
 
     def embed(self, features: torch.Tensor, n_frames: torch.Tensor) -> torch.Tensor:
         return self.encoder(features, n_frames)
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """Optimizer groups: every trainable parameter at ``lr``."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr}]
+
+
+def normalize_waveform(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Zero mean and unit variance over each row's first ``lengths`` samples, zeros after
+    them: ``Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm``, batched."""
+    valid = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
+    m = valid.to(x.dtype)
+    count = m.sum(dim=1, keepdim=True).clamp_min(1)
+    mean = (x * m).sum(dim=1, keepdim=True) / count
+    var = (((x - mean) * m) ** 2).sum(dim=1, keepdim=True) / count
+    return ((x - mean) / torch.sqrt(var + 1e-7)) * m
+
+
+class PretrainedEncoder(nn.Module):
+    """A pretrained speech encoder's backbone + weighted layer pooling + projection to the
+    utterance embedding (:mod:`trainer.encoders` says how it is built and loaded)."""
+
+    def __init__(self, spec: PretrainedSpec, pretrained_weights: bool):
+        from trainer.encoders import build_backbone
+
+        super().__init__()
+        self.spec = spec
+        self.backbone = build_backbone(spec, pretrained_weights)
+        self.frozen = spec.freeze
+        if spec.freeze:
+            self.backbone.requires_grad_(False)
+        elif spec.freeze_feature_encoder and hasattr(self.backbone, "freeze_feature_encoder"):
+            self.backbone.freeze_feature_encoder()
+        # Zeros: the mix starts as the plain average of all hidden states.
+        self.layer_weights = nn.Parameter(torch.zeros(spec.num_layers))
+        hidden = int(spec.backbone_config["hidden_size"])
+        self.proj = nn.Sequential(nn.Linear(hidden, spec.embed_dim), nn.LayerNorm(spec.embed_dim), nn.ReLU())
+        if self.frozen:
+            self.backbone.eval()
+
+    def train(self, mode: bool = True) -> "PretrainedEncoder":
+        """A frozen backbone stays in eval mode (no dropout, no SpecAugment masking), whatever
+        the training loop sets."""
+        super().train(mode)
+        if self.frozen:
+            self.backbone.eval()
+        return self
+
+    def layer_mix(self) -> torch.Tensor:
+        """The softmax-normalised weight of each hidden state (they sum to 1)."""
+        return torch.softmax(self.layer_weights.float(), dim=0)
+
+    def forward(self, features: torch.Tensor, n_frames: torch.Tensor) -> torch.Tensor:
+        # features: (B, 1, T) waveform, zero-padded; n_frames: real samples per row.
+        x = features[:, 0]
+        lengths = n_frames.clamp_min(1).clamp(max=x.shape[1]).long()
+        if self.spec.normalize:
+            x = normalize_waveform(x, lengths)
+        sample_mask = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
+        kwargs = {"attention_mask": sample_mask.long()} if self.spec.attention_mask else {}
+        with torch.no_grad() if self.frozen else torch.enable_grad():
+            hidden = self.backbone(x, output_hidden_states=True, **kwargs).hidden_states
+        stacked = torch.stack(hidden, dim=0)  # (L, B, T', H)
+        mixed = (self.layer_mix().to(stacked.dtype)[:, None, None, None] * stacked).sum(dim=0)
+        frames = self.backbone._get_feat_extract_output_lengths(lengths).clamp(1, mixed.shape[1])
+        mask = (torch.arange(mixed.shape[1], device=x.device)[None, :] < frames[:, None]).to(mixed.dtype)
+        pooled = (mixed * mask[..., None]).sum(dim=1) / mask.sum(dim=1, keepdim=True)
+        return self.proj(pooled)
+
+
+class PretrainedSER(nn.Module):
+    """The same interface as :class:`trainer.model.SERModel` (``encoder``, ``head``,
+    ``forward``, ``embed``), so the recipe, fine-tuning and evaluation use either."""
+
+    def __init__(self, spec: PretrainedSpec, num_classes: int, pretrained_weights: bool = False):
+        super().__init__()
+        self.spec = spec
+        self.encoder = PretrainedEncoder(spec, pretrained_weights)
+        self.dropout = nn.Dropout(spec.dropout)
+        self.head = nn.Linear(spec.embed_dim, num_classes)
+
+    def forward(self, features: torch.Tensor, n_frames: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.encoder(features, n_frames)))
+
+    def embed(self, features: torch.Tensor, n_frames: torch.Tensor) -> torch.Tensor:
+        return self.encoder(features, n_frames)
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """Optimizer groups: the head, projection and layer weights at ``lr`` (first, so the
+        run's logged ``lr`` is theirs), the trainable backbone weights at ``encoder_lr``."""
+        backbone = [p for p in self.encoder.backbone.parameters() if p.requires_grad]
+        backbone_ids = {id(p) for p in backbone}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in backbone_ids]
+        groups = [{"params": rest, "lr": lr}]
+        if backbone:
+            groups.append({"params": backbone, "lr": self.spec.encoder_lr or lr})
+        return groups
+
+
+def spec_from_dict(d: dict):
+    """The model spec a checkpoint's ``meta.json`` ``model`` holds: a pretrained encoder's
+    (``encoder: pretrained``), else the ResNet's (checkpoints of either age)."""
+    if d.get("encoder") == "pretrained":
+        from trainer.encoders import PretrainedSpec
+
+        return PretrainedSpec.from_dict(d)
+    return ModelSpec.from_dict(d)
+
+
+def build_model(spec, num_classes: int, pretrained_weights: bool = False) -> nn.Module:
+    """The model for ``spec``: :class:`SERModel` for a :class:`ModelSpec`, or
+    :class:`trainer.encoders.PretrainedSER`, whose backbone gets the pretrained weights from
+    its ``name_or_path`` when ``pretrained_weights`` (a fresh run) and otherwise only its
+    saved configuration, for a checkpoint's weights to fill."""
+    if isinstance(spec, ModelSpec):
+        return SERModel(spec, num_classes)
+    return PretrainedSER(spec, num_classes, pretrained_weights=pretrained_weights)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from trainer.config import CheckpointConfig, OptimConfig, TrainConfig
+    from trainer.encoders import PretrainedSpec
     from trainer.features import FeatureSpec
     from trainer.model import ModelSpec
 
@@ -31,7 +32,7 @@ class RecipeConfig:
     job: str  # "pretrain" or "finetune"
     taxonomy: dict  # {"name", "version"} of the class head's taxonomy
     label_names: list[str]
-    model: ModelSpec
+    model: ModelSpec | PretrainedSpec
     features: FeatureSpec
     train: TrainConfig
     optim: OptimConfig
@@ -82,7 +83,7 @@ class SERTrainRecipe:
         import torch
 
         from trainer.checkpoint import load_states, open_checkpoint
-        from trainer.model import SERModel
+        from trainer.model import build_model
 
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
@@ -104,8 +105,12 @@ class SERTrainRecipe:
 
         self.label_names = self.cfg.label_names
         num_classes = len(self.label_names)
-        model = SERModel(self.cfg.model, num_classes)
         init = self.cfg.init_checkpoint
+        checkpoint = ray.train.get_checkpoint()
+        # A pretrained speech encoder reads its published weights only on a fresh start; when a
+        # checkpoint (this run's, or the init one) supplies them it is built from its saved
+        # configuration, so resuming and fine-tuning need neither its folder nor the hub.
+        model = build_model(self.cfg.model, num_classes, pretrained_weights=checkpoint is None and not init)
         if init:
             with open_checkpoint(init) as directory:
                 _, state, _ = load_states(directory)
@@ -116,9 +121,9 @@ class SERTrainRecipe:
             model.encoder.requires_grad_(False)
         model.to(self.device)
 
-        params = [p for p in model.parameters() if p.requires_grad]
         ocfg = self.cfg.optim
-        self.optimizer = torch.optim.AdamW(params, lr=ocfg.lr, weight_decay=ocfg.weight_decay)
+        # One group at optim.lr; a trainable pretrained backbone gets a second, at its encoder_lr.
+        self.optimizer = torch.optim.AdamW(model.param_groups(ocfg.lr), lr=ocfg.lr, weight_decay=ocfg.weight_decay)
         epochs, warmup = self.tcfg.epochs, ocfg.warmup_epochs
         # LambdaLR passes its own 0-based step count (saved with the scheduler's state).
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: lr_factor(e, epochs, warmup))
@@ -131,7 +136,6 @@ class SERTrainRecipe:
         # Epochs are numbered from 1 (epoch 1 is the first pass over the training data);
         # state["epoch"] is the last epoch completed, 0 before the first.
         self.state = {"epoch": 0, "global_step": 0, "history": [], "attempts": [], "best": None}
-        checkpoint = ray.train.get_checkpoint()
         if checkpoint is not None:
             with checkpoint.as_directory() as directory:
                 meta, state, train_state = load_states(directory, train_state=True, device=str(self.device))
@@ -155,7 +159,13 @@ class SERTrainRecipe:
         })
 
         self.unwrapped = model
-        self.model = ray.train.torch.prepare_model(model)  # DDP when world > 1; moves to the device
+        # DDP when world > 1; moves to the device. A trainable pretrained backbone may leave a
+        # parameter unused in a step (SpecAugment's mask embedding when no span is masked).
+        backbone = getattr(model.encoder, "backbone", None)
+        trainable_backbone = backbone is not None and any(p.requires_grad for p in backbone.parameters())
+        self.model = ray.train.torch.prepare_model(
+            model, parallel_strategy_kwargs={"find_unused_parameters": True} if trainable_backbone else None
+        )
         self.train_shard = ray.train.get_dataset_shard("train")
         self.val_shard = ray.train.get_dataset_shard("val")
 

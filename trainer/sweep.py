@@ -27,7 +27,7 @@ def sweep(cfg: SweepConfig) -> dict[str, Any]:
     random weights with identical model, features and schedule. Each fine-tune keeps its own
     report under ``<output_dir>/<arm>/``."""
     from trainer.checkpoint import open_checkpoint, read_meta, resolve_checkpoint
-    from trainer.config import FinetuneConfig, ModelConfig
+    from trainer.config import FeatureConfig, FinetuneConfig, ModelConfig, PretrainedEncoderConfig
     from trainer.ingest import prepare_data
     from trainer.jobs import finetune
 
@@ -37,8 +37,11 @@ def sweep(cfg: SweepConfig) -> dict[str, Any]:
         meta = read_meta(directory)
     # The scratch arm gets the pretrained model's exact architecture and features.
     base = {k: v for k, v in cfg.model_dump().items() if k in FinetuneConfig.model_fields}
-    base["model"] = {k: v for k, v in meta["model"].items() if k in ModelConfig.model_fields}
-    base["features"] = meta["features"]
+    section = PretrainedEncoderConfig if meta["model"].get("encoder") == "pretrained" else ModelConfig
+    base["model"] = {k: v for k, v in meta["model"].items() if k in section.model_fields}
+    # A pretrained encoder reads the waveform: only the crop length is a feature setting then.
+    wanted = {"max_seconds"} if section is PretrainedEncoderConfig else FeatureConfig.model_fields
+    base["features"] = {k: v for k, v in meta["features"].items() if k in wanted}
     prepared = prepare_data(cfg.data)
     out_dir = os.path.abspath(cfg.output_dir)
     rows = []

@@ -213,3 +213,33 @@ def tiny_train_config(**sections) -> dict:
         else:
             base[key] = value
     return base
+
+
+# --------------------------------------------------------------------------- pretrained speech encoders
+
+#: A tiny random encoder of each family: 2 layers of width 32 over a 3-layer CNN front end
+#: with a 160-sample stride (100 frames per second), small enough for a CPU test.
+TINY_ENCODER = {
+    "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+    "conv_dim": (16, 16, 16), "conv_stride": (5, 4, 8), "conv_kernel": (10, 8, 8),
+    "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 4, "vocab_size": 8,
+}
+
+
+def build_tiny_encoder(path: str, family: str = "wavlm", do_normalize: bool = True, seed: int = 0) -> str:
+    """A randomly initialised ``family`` encoder (wavlm, hubert, wav2vec2) written with
+    ``save_pretrained`` into ``path``, with the ``preprocessor_config.json`` of a
+    ``Wav2Vec2FeatureExtractor`` beside it, as on the hub."""
+    import torch
+    from transformers import AutoConfig, AutoModel, Wav2Vec2FeatureExtractor
+
+    torch.manual_seed(seed)
+    settings = dict(TINY_ENCODER)
+    if family == "wavlm":
+        settings.update(num_buckets=32, max_bucket_distance=64)
+    config = AutoConfig.for_model(family, **settings, feat_extract_norm="layer", do_stable_layer_norm=False)
+    AutoModel.from_config(config).save_pretrained(path)
+    Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=SR, padding_value=0.0, do_normalize=do_normalize, return_attention_mask=True
+    ).save_pretrained(path)
+    return path
