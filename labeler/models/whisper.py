@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
@@ -24,8 +25,9 @@ LOGPROB_THRESHOLD = -1.0
 COMPRESSION_RATIO_THRESHOLD = 2.4
 NO_SPEECH_THRESHOLD = 0.6
 # A packed clip's speaking rate (characters per second) against its window's median:
-# espeak-ng at 130-205 wpm stays within 0.78-1.22, half a sentence moved out is 0.5.
-RATE_BAND = (0.6, 1.7)
+# espeak-ng at 130-205 wpm stays within 0.78-1.22; real prompts with digits ("3D audio")
+# reach 0.55. Half a sentence moved out is 0.5: caught here at the edge, and by the repeat check.
+RATE_BAND = (0.5, 1.8)
 # Packing learns from the run: each first-attempt window moves the health this far (decay
 # 0.7: four failures in a row take it from 1.0 to 0.24) and below the floor packing probes.
 PACK_HEALTH_DECAY = 0.7
@@ -301,14 +303,16 @@ class WhisperASR:
                 if outcome is None:  # the batch failed: each clip on its own
                     singles += members
                     continue
-                failed, doubtful, accepted = outcome
+                failed, doubtful, accepted, trusted = outcome
                 if first:  # how packing fares on this speech, remembered across batches
-                    ok = float(not failed and not doubtful)
+                    ok = float(not failed and trusted)
                     self.pack_health = PACK_HEALTH_DECAY * self.pack_health + (1 - PACK_HEALTH_DECAY) * ok
-                if not failed and not doubtful:
+                if not failed and trusted:
                     for i, res in accepted.items():
-                        results[i] = res
-                    self.stats["packed_clips"] += len(members)
+                        if i not in doubtful:
+                            results[i] = res
+                            self.stats["packed_clips"] += 1
+                    singles += sorted(doubtful)
                     continue
                 self.stats["failed_windows"] += 1
                 if failed and len(members) == 1:
@@ -339,16 +343,17 @@ class WhisperASR:
         outcomes = self._decode_windows(waveforms, [[i] for i in clips], want)
         alone: list[int] = []
         for i, outcome in zip(clips, outcomes):
-            if outcome is None or outcome[0] or outcome[1] or i not in outcome[2]:
+            if outcome is None or outcome[0] or i not in outcome[2]:
                 alone.append(i)
             else:
                 results[i] = replace(outcome[2][i], packed=False)
         return alone
 
     def _decode_windows(self, waveforms: Sequence[np.ndarray], windows: list[list[int]], want: Sequence[bool]
-                        ) -> list[Optional[tuple[bool, set[int], dict[int, ASRResult]]]]:
+                        ) -> list[Optional[tuple[bool, set[int], dict[int, ASRResult], bool]]]:
         """Decode windows in one batched call: per window, (failed the window gate, its doubtful
-        clips, the results of its clips), or None for every window when the call failed."""
+        clips, the results of its clips, whether its other clips can be trusted), or None for
+        every window when the call failed."""
         gap = np.zeros(int(round(self.pack_gap_s * SAMPLE_RATE)), dtype=np.float32)
         pieces: list[np.ndarray] = []
         spans: dict[int, tuple[float, float]] = {}  # clip -> (start_s, end_s) in the packed audio
@@ -395,7 +400,7 @@ class WhisperASR:
         return [self._window_outcome(members, by_window.get(w, []), spans, want) for w, members in enumerate(windows)]
 
     def _window_outcome(self, members: list[int], segs: list, spans: dict[int, tuple[float, float]],
-                        want: Sequence[bool]) -> tuple[bool, set[int], dict[int, ASRResult]]:
+                        want: Sequence[bool]) -> tuple[bool, set[int], dict[int, ASRResult], bool]:
         no_speech = float(np.mean([s.no_speech_prob for s in segs])) if segs else 1.0
         if len(members) == 1:  # a window of its own: Whisper's gates, on the clip
             i = members[0]
@@ -409,16 +414,19 @@ class WhisperASR:
                 Word(min(max(wd.start - s0, 0.0), s1 - s0), min(max(wd.end - s0, 0.0), s1 - s0),
                      wd.word, float(wd.probability), float(s.no_speech_prob))
                 for s in segs for wd in (s.words or [])) if want[i] else None
-            return bad, set(), {i: ASRResult(text, self.pack_language, 1.0, logp, no_speech, len(segs), words=clip_words)}
+            return bad, set(), {i: ASRResult(text, self.pack_language, 1.0, logp, no_speech, len(segs), words=clip_words)}, True
         words = [wd for s in segs for wd in (s.words or [])]
         if not words or any(s.avg_logprob < LOGPROB_THRESHOLD for s in segs):
-            return True, set(), {}  # Whisper's own gate says the window decode is poor
+            return True, set(), {}, False  # Whisper's own gate says the window decode is poor
         owner, doubtful = attribute_words([(wd.start, wd.end) for wd in words], [spans[i] for i in members])
         per_clip: dict[int, list] = {}
         for wd, k in zip(words, owner):
             per_clip.setdefault(k, []).append(wd)
         texts = ["".join(wd.word for wd in per_clip.get(k, [])).strip() for k in range(len(members))]
         doubtful |= doubtful_clips(texts, [spans[i][1] - spans[i][0] for i in members])
+        # A clip with no words (silence, or a dropped repeat) goes to a window of its own; it
+        # casts doubt on its neighbours only when they are doubtful themselves.
+        trusted = all(k not in per_clip for k in doubtful)
         results: dict[int, ASRResult] = {}
         for k, i in enumerate(members):
             mine = per_clip.get(k, [])
@@ -434,7 +442,7 @@ class WhisperASR:
                     Word(min(max(wd.start - s0, 0.0), s1 - s0), min(max(wd.end - s0, 0.0), s1 - s0),
                          wd.word, float(wd.probability), no_speech) for wd in mine)
             results[i] = ASRResult(texts[k], self.pack_language, 1.0, logp, no_speech, 1, packed=True, words=clip_words)
-        return False, {members[k] for k in doubtful}, results
+        return False, {members[k] for k in doubtful}, results, trusted
 
 
 def compression_ratio(text: str) -> float:
@@ -449,7 +457,18 @@ def _norm_words(text: str) -> list[str]:
     return re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
 
 
-def doubtful_clips(texts: Sequence[str], durations: Sequence[float], *, repeat_share: float = 0.6,
+def repeats(a: Sequence[str], b: Sequence[str], similarity: float = 0.75) -> bool:
+    """Two word sequences that say (nearly) the same: similar as sequences (difflib's ratio),
+    or the shorter one, two words or more, inside the longer."""
+    if not a or not b:
+        return False
+    if difflib.SequenceMatcher(None, a, b, autojunk=False).ratio() >= similarity:
+        return True
+    short, long_ = (a, b) if len(a) <= len(b) else (b, a)
+    return len(short) >= 2 and any(list(long_[k:k + len(short)]) == list(short) for k in range(len(long_) - len(short) + 1))
+
+
+def doubtful_clips(texts: Sequence[str], durations: Sequence[float], *, repeat_similarity: float = 0.75,
                    rate_band: tuple[float, float] = RATE_BAND) -> set[int]:
     """The clips of one packed window whose attributed text cannot be trusted (indices).
 
@@ -460,8 +479,7 @@ def doubtful_clips(texts: Sequence[str], durations: Sequence[float], *, repeat_s
     - no text at all (silence is for a decode of its own to say);
     - text that compresses like a loop (Whisper's compression ratio, per clip: a window of
       correct repeats fails it as a whole);
-    - two clips sharing most of their words (``repeat_share`` of the shorter one): the mark
-      of the repeats Whisper mishandles;
+    - two clips saying nearly the same (:func:`repeats`): the repeats Whisper mishandles;
     - a speaking rate (characters per second of clip) outside ``rate_band`` times the
       window's median: half a sentence moved out, or a neighbour's sentence moved in.
     """
@@ -472,11 +490,7 @@ def doubtful_clips(texts: Sequence[str], durations: Sequence[float], *, repeat_s
             bad.add(k)
     for a in range(len(texts)):
         for b in range(a + 1, len(texts)):
-            shorter = min(len(words[a]), len(words[b]))
-            if shorter == 0:
-                continue
-            common = sum((Counter(words[a]) & Counter(words[b])).values())
-            if common >= max(2, repeat_share * shorter):
+            if repeats(words[a], words[b], repeat_similarity):
                 bad.update((a, b))
     rates = [len("".join(w)) / max(d, 0.1) for w, d in zip(words, durations)]
     spoken = [r for r in rates if r > 0]
