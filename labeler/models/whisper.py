@@ -145,22 +145,26 @@ def attribute_words(
 class WhisperASR:
     """One faster-whisper model, loaded once from an :class:`~labeler.config.AsrConfig`.
 
-    Three paths, chosen per clip by :meth:`transcribe_batch`:
+    Four paths, chosen per clip by :meth:`transcribe_batch`:
 
     - **Packed** (short clips, the common case): Whisper's encoder always sees a 30-second
       window, so a 4-second prompt is mostly padding. Short clips are packed into shared
       windows (``pack_window_s``, with ``pack_gap_s`` of silence between clips), the windows
       are decoded ``chunk_batch_size`` at a time through faster-whisper's
       ``BatchedInferencePipeline``, and each word goes back to the clip it was spoken in by
-      its timestamp (cross-attention alignment). A window whose decode fails Whisper's own
-      quality gates (average log-probability, compression ratio), a clip that got no words,
-      and a clip a word spills into (Whisper skipped or merged speech, so the alignment
-      stretched across the gap) is decoded again on its own: a bad window never costs a clip
-      its transcript.
+      its timestamp (cross-attention alignment). A window failing Whisper's log-probability
+      gate is retried as halves; a window whose clips fail the checks against each other
+      (:func:`doubtful_clips`: repeats, a speaking rate unlike the others', a loop, a word
+      spilled over a gap) keeps no transcript, its doubtful clips going to one-clip windows
+      and the others packed again (see :meth:`_transcribe_packed`). A bad window never costs
+      a clip its transcript, and a run whose windows keep failing stops trying most of them.
+    - **One-clip windows**: each clip in its own window, batched like packed ones (the
+      input ``transcribe`` gives it, decoded ``chunk_batch_size`` at a time), for the clips
+      a packed window could not settle.
     - **Alone**: ``WhisperModel.transcribe`` per clip (with temperature fallback), used for
-      clips too long to share a window, for re-decodes, and whenever packing is off or the
-      language is unknown (a packed window has one language: packing needs ``language`` set
-      or an English-only model).
+      clips too long to share a window, for clips failing Whisper's gates in a one-clip
+      window, and whenever packing is off or the language is unknown (a packed window has
+      one language: packing needs ``language`` set or an English-only model).
     - **Long** (> 30 s): ``BatchedInferencePipeline`` splits the recording at VAD boundaries
       and decodes the chunks in batches, so nothing is truncated at 30 s.
 
