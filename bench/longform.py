@@ -418,7 +418,8 @@ def main(argv=None) -> int:
           f"{shape['part_of_a_prompt']} part of one, {shape['outside_prompts']} outside all; {shape['prompts_split']} prompts split, {shape['prompts_missed']} missed; "
           f"boundaries {lb['matched']} matched of {lb['predicted']} predicted, {lb['true']} true")
     print(f"  asr: {asr_c.get('packed_clips', 0)} speech regions packed in {asr_c.get('packed_windows', 0)} windows, "
-          f"{asr_c.get('redecoded_clips', 0)} re-decoded alone; dropped {dropped or 'none'}; "
+          f"{asr_c.get('failed_windows', 0)} failed, {asr_c.get('single_clips', 0)} in one-clip windows, "
+          f"{asr_c.get('alone_clips', 0)} alone; dropped {dropped or 'none'}; "
           f"stage busy s {busy}")
     if errors:
         print(f"  errors: {errors[:3]}")

@@ -129,6 +129,7 @@ class AsrConfig(_Strict):
     pack_clips: bool = Field(True, description="pack short clips into shared 30-s windows, each word attributed back to its clip by timestamp (needs language set or an English-only model; otherwise clips are decoded one by one)")
     pack_window_s: float = Field(29.0, gt=0, le=29.5, description="packing: longest window (clips plus gaps), seconds")
     pack_gap_s: float = Field(1.0, ge=0.2, le=5.0, description="packing: silence between packed clips, seconds")
+    pack_retry_splits: int = Field(1, ge=0, le=4, description="packing: how many times a window that fails Whisper's window gate (average log-probability) is split in halves and decoded again before its clips are decoded one per window")
     language: Optional[str] = Field(None, description="spoken language code (e.g. en); null = detect per clip")
     beam_size: int = Field(5, ge=1, le=32, description="beam search width")
     vad_filter: bool = Field(True, description="Silero VAD removes silence before decoding")

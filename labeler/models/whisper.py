@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
+import re
+import zlib
+from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any, Optional, Sequence, Union
 
@@ -19,6 +23,15 @@ LONG_AUDIO_S = 30.0
 # Whisper's own fallback thresholds (openai/whisper transcribe.py defaults).
 LOGPROB_THRESHOLD = -1.0
 COMPRESSION_RATIO_THRESHOLD = 2.4
+NO_SPEECH_THRESHOLD = 0.6
+# A packed clip's speaking rate (characters per second) against its window's median:
+# espeak-ng at 130-205 wpm stays within 0.78-1.22; real prompts with digits ("3D audio")
+# reach 0.55. Half a sentence moved out is 0.5: caught here at the edge, and by the repeat check.
+RATE_BAND = (0.5, 1.8)
+# Packing learns from the run: each first-attempt window moves the health this far (decay
+# 0.7: four failures in a row take it from 1.0 to 0.24) and below the floor packing probes.
+PACK_HEALTH_DECAY = 0.7
+PACK_HEALTH_FLOOR = 0.3
 
 
 @dataclass(frozen=True)
@@ -132,22 +145,26 @@ def attribute_words(
 class WhisperASR:
     """One faster-whisper model, loaded once from an :class:`~labeler.config.AsrConfig`.
 
-    Three paths, chosen per clip by :meth:`transcribe_batch`:
+    Four paths, chosen per clip by :meth:`transcribe_batch`:
 
     - **Packed** (short clips, the common case): Whisper's encoder always sees a 30-second
       window, so a 4-second prompt is mostly padding. Short clips are packed into shared
       windows (``pack_window_s``, with ``pack_gap_s`` of silence between clips), the windows
       are decoded ``chunk_batch_size`` at a time through faster-whisper's
       ``BatchedInferencePipeline``, and each word goes back to the clip it was spoken in by
-      its timestamp (cross-attention alignment). A window whose decode fails Whisper's own
-      quality gates (average log-probability, compression ratio), a clip that got no words,
-      and a clip a word spills into (Whisper skipped or merged speech, so the alignment
-      stretched across the gap) is decoded again on its own: a bad window never costs a clip
-      its transcript.
+      its timestamp (cross-attention alignment). A window failing Whisper's log-probability
+      gate is retried as halves; a window whose clips fail the checks against each other
+      (:func:`doubtful_clips`: repeats, a speaking rate unlike the others', a loop, a word
+      spilled over a gap) keeps no transcript, its doubtful clips going to one-clip windows
+      and the others packed again (see :meth:`_transcribe_packed`). A bad window never costs
+      a clip its transcript, and a run whose windows keep failing stops trying most of them.
+    - **One-clip windows**: each clip in its own window, batched like packed ones (the
+      input ``transcribe`` gives it, decoded ``chunk_batch_size`` at a time), for the clips
+      a packed window could not settle.
     - **Alone**: ``WhisperModel.transcribe`` per clip (with temperature fallback), used for
-      clips too long to share a window, for re-decodes, and whenever packing is off or the
-      language is unknown (a packed window has one language: packing needs ``language`` set
-      or an English-only model).
+      clips too long to share a window, for clips failing Whisper's gates in a one-clip
+      window, and whenever packing is off or the language is unknown (a packed window has
+      one language: packing needs ``language`` set or an English-only model).
     - **Long** (> 30 s): ``BatchedInferencePipeline`` splits the recording at VAD boundaries
       and decodes the chunks in batches, so nothing is truncated at 30 s.
 
@@ -192,8 +209,13 @@ class WhisperASR:
         self.pack_clips = cfg.pack_clips and self.pack_language is not None
         self.pack_window_s = min(cfg.pack_window_s, LONG_AUDIO_S - 0.5)
         self.pack_gap_s = cfg.pack_gap_s
+        self.pack_retry_splits = cfg.pack_retry_splits
         # Clips per path (cumulative): the ASR stage reports them.
-        self.stats = {"packed_clips": 0, "packed_windows": 0, "alone_clips": 0, "redecoded_clips": 0}
+        self.stats = {"packed_clips": 0, "packed_windows": 0, "failed_windows": 0, "retry_windows": 0,
+                      "retried_clips": 0, "skipped_windows": 0, "single_clips": 0, "alone_clips": 0}
+        # Share of first-attempt windows that passed, decayed: below PACK_HEALTH_FLOOR (repeats
+        # everywhere, every window failing) only one window of a group is tried packed.
+        self.pack_health = 1.0
 
     # -- one clip -------------------------------------------------------------------
     def transcribe(self, waveform: np.ndarray, words: bool = False) -> ASRResult:
@@ -234,8 +256,15 @@ class WhisperASR:
         if self.pack_clips and len(waveforms) > 1:
             durations = [len(w) / SAMPLE_RATE for w in waveforms]
             windows, alone = plan_windows(durations, self.pack_window_s, self.pack_gap_s)
-            if windows:
-                alone += self._transcribe_packed(waveforms, windows, results, want)
+            singles: list[int] = []
+            for g in range(0, len(windows), self.chunk_batch_size):
+                group = windows[g:g + self.chunk_batch_size]
+                if self.pack_health < PACK_HEALTH_FLOOR:  # windows keep failing: one probe, the rest one per window
+                    singles += [i for members in group[1:] for i in members]
+                    self.stats["skipped_windows"] += len(group) - 1
+                    group = group[:1]
+                alone += self._transcribe_packed(waveforms, group, results, want, singles)
+            alone += self._transcribe_singles(waveforms, sorted(singles), results, want)
         for i in sorted(alone):
             try:
                 results[i] = self.transcribe(waveforms[i], words=want[i])
@@ -247,9 +276,88 @@ class WhisperASR:
         return results  # type: ignore[return-value]
 
     def _transcribe_packed(self, waveforms: Sequence[np.ndarray], windows: list[list[int]],
-                           results: list[Union[ASRResult, Exception, None]], want: Sequence[bool]) -> list[int]:
-        """Decode the packed windows; fill ``results`` for the clips attributed cleanly and
-        return the clips to decode again on their own."""
+                           results: list[Union[ASRResult, Exception, None]], want: Sequence[bool],
+                           singles: list[int]) -> list[int]:
+        """Decode packed windows, retrying what fails; fill ``results``, add the clips for
+        one-clip windows to ``singles`` and return the clips left for :meth:`transcribe`
+        (temperature fallback, one clip at a time).
+
+        - A window that fails Whisper's window gate (average log-probability) says nothing
+          about which clip is at fault: it is split in halves and decoded again, at most
+          ``pack_retry_splits`` times, then its clips go to one-clip windows.
+        - A window whose clips fail the per-clip checks (:func:`doubtful_clips`: a word
+          spilled over a gap, repeated text, a speaking rate unlike its neighbours', a clip
+          with no words or text that compresses like a loop) keeps none of its transcripts:
+          Whisper merges or drops repeats and the alignment then moves words between clips,
+          so its other clips may be wrong too. The doubtful clips go to one-clip windows,
+          the others are packed again together (``retry`` windows).
+        - One-clip windows are batched like packed ones (the same input a clip gets alone,
+          without repeats beside it); a clip failing Whisper's gates there goes alone.
+        """
+        durations = [len(w) / SAMPLE_RATE for w in waveforms]
+        alone: list[int] = []
+        pending = [(members, 0) for members in windows]  # (window, times split or repacked)
+        first = True
+        while pending:
+            self.stats["retry_windows" if not first else "packed_windows"] += len(pending)
+            outcomes = self._decode_windows(waveforms, [m for m, _ in pending], want)
+            repack: list[int] = []
+            nxt: list[tuple[list[int], int]] = []
+            for (members, tries), outcome in zip(pending, outcomes):
+                if outcome is None:  # the batch failed: each clip on its own
+                    singles += members
+                    continue
+                failed, doubtful, accepted, trusted = outcome
+                if first:  # how packing fares on this speech, remembered across batches
+                    ok = float(not failed and trusted)
+                    self.pack_health = PACK_HEALTH_DECAY * self.pack_health + (1 - PACK_HEALTH_DECAY) * ok
+                if not failed and trusted:
+                    for i, res in accepted.items():
+                        if i not in doubtful:
+                            results[i] = res
+                            self.stats["packed_clips"] += 1
+                    singles += sorted(doubtful)
+                    continue
+                self.stats["failed_windows"] += 1
+                if failed and len(members) == 1:
+                    alone.append(members[0])  # its own window already: temperature fallback next
+                elif failed and tries < self.pack_retry_splits and len(members) > 2:
+                    half = (len(members) + 1) // 2
+                    nxt += [(members[:half], tries + 1), (members[half:], tries + 1)]
+                elif failed:
+                    singles += members
+                else:
+                    singles += sorted(doubtful)
+                    rest = [i for i in members if i not in doubtful]
+                    (repack if tries < self.pack_retry_splits else singles).extend(rest)
+            if repack:
+                again, lone = plan_windows([durations[i] for i in repack], self.pack_window_s, self.pack_gap_s)
+                nxt += [([repack[k] for k in w], self.pack_retry_splits) for w in again if len(w) > 1]
+                singles += [repack[k] for w in again if len(w) == 1 for k in w] + [repack[k] for k in lone]
+            self.stats["retried_clips"] += sum(len(m) for m, _ in nxt)
+            pending, first = nxt, False
+        return alone
+
+    def _transcribe_singles(self, waveforms: Sequence[np.ndarray], clips: list[int],
+                            results: list[Union[ASRResult, Exception, None]], want: Sequence[bool]) -> list[int]:
+        """Clips in one-clip windows, batched; returns those that fail Whisper's gates."""
+        if not clips:
+            return []
+        self.stats["single_clips"] += len(clips)
+        outcomes = self._decode_windows(waveforms, [[i] for i in clips], want)
+        alone: list[int] = []
+        for i, outcome in zip(clips, outcomes):
+            if outcome is None or outcome[0] or i not in outcome[2]:
+                alone.append(i)
+            else:
+                results[i] = replace(outcome[2][i], packed=False)
+        return alone
+
+    def _decode_windows(self, waveforms: Sequence[np.ndarray], windows: list[list[int]], want: Sequence[bool]
+                        ) -> list[Optional[tuple[bool, set[int], dict[int, ASRResult], bool]]]:
+        """Decode windows in one batched call: per window, (failed the window gate, its doubtful
+        clips, the results of its clips, whether its other clips can be trusted), or None for
+        every window when the call failed."""
         gap = np.zeros(int(round(self.pack_gap_s * SAMPLE_RATE)), dtype=np.float32)
         pieces: list[np.ndarray] = []
         spans: dict[int, tuple[float, float]] = {}  # clip -> (start_s, end_s) in the packed audio
@@ -265,7 +373,10 @@ class WhisperASR:
                 spans[i] = (cursor / SAMPLE_RATE, (cursor + len(waveforms[i])) / SAMPLE_RATE)
                 cursor += len(waveforms[i])
             bounds.append((w_start, cursor))
+            pieces.append(gap)  # windows never touch: a window's last frames are its own
+            cursor += len(gap)
         audio = np.concatenate(pieces)
+        shared = any(len(m) > 1 for m in windows)
         try:
             segments, _ = self.pipeline.transcribe(
                 audio,
@@ -274,7 +385,7 @@ class WhisperASR:
                 beam_size=self.beam_size,
                 batch_size=self.chunk_batch_size,
                 without_timestamps=True,
-                word_timestamps=True,  # per-clip attribution
+                word_timestamps=shared or any(want[i] for m in windows for i in m),  # attribution, or asked
                 vad_filter=False,
             )
             segments = list(segments)
@@ -283,47 +394,115 @@ class WhisperASR:
                 raise device_error("of packed windows", exc) from exc
             # A window batch that fails is not a clip's failure: decode each clip alone, so
             # a clip that really is bad fails on its own and the others still transcribe.
-            return [i for members in windows for i in members]
+            return [None] * len(windows)
         # faster-whisper tags each segment with its window's start frame (``seek``).
         fps = self.model.frames_per_second
         seek_to_window = {int((s / SAMPLE_RATE) * fps): w for w, (s, _) in enumerate(bounds)}
         by_window: dict[int, list] = {}
         for seg in segments:
             by_window.setdefault(seek_to_window.get(seg.seek, -1), []).append(seg)
-        redo: list[int] = []
-        for w, members in enumerate(windows):
-            segs = by_window.get(w, [])
-            words = [wd for s in segs for wd in (s.words or [])]
-            if not words or any(
-                s.avg_logprob < LOGPROB_THRESHOLD or s.compression_ratio > COMPRESSION_RATIO_THRESHOLD for s in segs
-            ):
-                redo += members  # Whisper's own gates say the window decode is poor
+        return [self._window_outcome(members, by_window.get(w, []), spans, want) for w, members in enumerate(windows)]
+
+    def _window_outcome(self, members: list[int], segs: list, spans: dict[int, tuple[float, float]],
+                        want: Sequence[bool]) -> tuple[bool, set[int], dict[int, ASRResult], bool]:
+        no_speech = float(np.mean([s.no_speech_prob for s in segs])) if segs else 1.0
+        if len(members) == 1:  # a window of its own: Whisper's gates, on the clip
+            i = members[0]
+            text = " ".join(s.text.strip() for s in segs if s.text.strip()).strip()
+            logp = float(np.mean([s.avg_logprob for s in segs])) if segs else None
+            bad = logp is None or logp < LOGPROB_THRESHOLD or compression_ratio(text) > COMPRESSION_RATIO_THRESHOLD
+            if not text and no_speech > NO_SPEECH_THRESHOLD:
+                bad = False  # silence, as Whisper decides it
+            s0, s1 = spans[i]
+            clip_words = tuple(
+                Word(min(max(wd.start - s0, 0.0), s1 - s0), min(max(wd.end - s0, 0.0), s1 - s0),
+                     wd.word, float(wd.probability), float(s.no_speech_prob))
+                for s in segs for wd in (s.words or [])) if want[i] else None
+            return bad, set(), {i: ASRResult(text, self.pack_language, 1.0, logp, no_speech, len(segs), words=clip_words)}, True
+        words = [wd for s in segs for wd in (s.words or [])]
+        if not words or any(s.avg_logprob < LOGPROB_THRESHOLD for s in segs):
+            return True, set(), {}, False  # Whisper's own gate says the window decode is poor
+        owner, doubtful = attribute_words([(wd.start, wd.end) for wd in words], [spans[i] for i in members])
+        per_clip: dict[int, list] = {}
+        for wd, k in zip(words, owner):
+            per_clip.setdefault(k, []).append(wd)
+        texts = ["".join(wd.word for wd in per_clip.get(k, [])).strip() for k in range(len(members))]
+        doubtful |= doubtful_clips(texts, [spans[i][1] - spans[i][0] for i in members])
+        # A clip with no words (silence, or a dropped repeat) goes to a window of its own; it
+        # casts doubt on its neighbours only when they are doubtful themselves.
+        trusted = all(k not in per_clip for k in doubtful)
+        results: dict[int, ASRResult] = {}
+        for k, i in enumerate(members):
+            mine = per_clip.get(k, [])
+            if not mine:
                 continue
-            owner, doubtful = attribute_words([(wd.start, wd.end) for wd in words], [spans[i] for i in members])
-            per_clip: dict[int, list] = {}
-            for wd, k in zip(words, owner):
-                per_clip.setdefault(members[k], []).append(wd)
-            for k in doubtful:
-                per_clip.pop(members[k], None)  # a word spilled over it: decode it alone
-            no_speech = float(np.mean([s.no_speech_prob for s in segs]))
-            for i in members:
-                mine = per_clip.get(i)
-                if not mine:
-                    redo.append(i)  # silence, dropped words, or a doubtful alignment: decide alone
-                    continue
-                text = "".join(wd.word for wd in mine).strip()
-                logp = float(np.mean([math.log(max(wd.probability, 1e-10)) for wd in mine]))
-                clip_words = None
-                if want[i]:  # times back in the clip, inside it
-                    s0, s1 = spans[i]
-                    clip_words = tuple(
-                        Word(min(max(wd.start - s0, 0.0), s1 - s0), min(max(wd.end - s0, 0.0), s1 - s0),
-                             wd.word, float(wd.probability), no_speech) for wd in mine)
-                results[i] = ASRResult(text, self.pack_language, 1.0, logp, no_speech, 1, packed=True, words=clip_words)
-                self.stats["packed_clips"] += 1
-            self.stats["packed_windows"] += 1
-        self.stats["redecoded_clips"] += len(redo)
-        return redo
+            logp = float(np.mean([math.log(max(wd.probability, 1e-10)) for wd in mine]))
+            if logp < LOGPROB_THRESHOLD:
+                doubtful.add(k)
+            clip_words = None
+            if want[i]:  # times back in the clip, inside it
+                s0, s1 = spans[i]
+                clip_words = tuple(
+                    Word(min(max(wd.start - s0, 0.0), s1 - s0), min(max(wd.end - s0, 0.0), s1 - s0),
+                         wd.word, float(wd.probability), no_speech) for wd in mine)
+            results[i] = ASRResult(texts[k], self.pack_language, 1.0, logp, no_speech, 1, packed=True, words=clip_words)
+        return False, {members[k] for k in doubtful}, results, trusted
+
+
+def compression_ratio(text: str) -> float:
+    """Whisper's loop detector: raw bytes over zlib-compressed bytes (0 for no text)."""
+    if not text:
+        return 0.0
+    raw = text.encode("utf-8")
+    return len(raw) / len(zlib.compress(raw))
+
+
+def _norm_words(text: str) -> list[str]:
+    return re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
+
+
+def repeats(a: Sequence[str], b: Sequence[str], similarity: float = 0.75) -> bool:
+    """Two word sequences that say (nearly) the same: similar as sequences (difflib's ratio),
+    or the shorter one, two words or more, inside the longer."""
+    if not a or not b:
+        return False
+    if difflib.SequenceMatcher(None, a, b, autojunk=False).ratio() >= similarity:
+        return True
+    short, long_ = (a, b) if len(a) <= len(b) else (b, a)
+    return len(short) >= 2 and any(list(long_[k:k + len(short)]) == list(short) for k in range(len(long_) - len(short) + 1))
+
+
+def doubtful_clips(texts: Sequence[str], durations: Sequence[float], *, repeat_similarity: float = 0.75,
+                   rate_band: tuple[float, float] = RATE_BAND) -> set[int]:
+    """The clips of one packed window whose attributed text cannot be trusted (indices).
+
+    Whisper decoding a window merges, drops or doubles speech that repeats within it, and
+    the word alignment then moves half sentences between clips without a word spilling
+    over a gap, so each clip's text is checked against the others':
+
+    - no text at all (silence is for a decode of its own to say);
+    - text that compresses like a loop (Whisper's compression ratio, per clip: a window of
+      correct repeats fails it as a whole);
+    - two clips saying nearly the same (:func:`repeats`): the repeats Whisper mishandles;
+    - a speaking rate (characters per second of clip) outside ``rate_band`` times the
+      window's median: half a sentence moved out, or a neighbour's sentence moved in.
+    """
+    bad: set[int] = set()
+    words = [_norm_words(t) for t in texts]
+    for k, t in enumerate(texts):
+        if not words[k] or compression_ratio(t) > COMPRESSION_RATIO_THRESHOLD:
+            bad.add(k)
+    for a in range(len(texts)):
+        for b in range(a + 1, len(texts)):
+            if repeats(words[a], words[b], repeat_similarity):
+                bad.update((a, b))
+    rates = [len("".join(w)) / max(d, 0.1) for w, d in zip(words, durations)]
+    spoken = [r for r in rates if r > 0]
+    if len(spoken) >= 2:
+        median = float(np.median(spoken))
+        lo, hi = rate_band
+        bad.update(k for k, r in enumerate(rates) if r > 0 and not lo * median <= r <= hi * median)
+    return bad
 
 
 def summarize(segments: Sequence[Any], info: Any) -> ASRResult:

