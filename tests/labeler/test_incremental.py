@@ -7,6 +7,7 @@ import shutil
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from fixtures import REPO, load_sample, write_audio
@@ -113,3 +114,24 @@ def test_listings_carry_size_and_mtime(tmp_path):
         assert got == want, spec
     t = resolve_input(str(tmp_path / "list.csv")).to_pylist()
     assert [(r["source_size"], r["source_version"]) for r in t] == [want["a/x.wav"], want["y.flac"], (None, None)]
+
+
+def test_known_rows_travel_in_large_blocks():
+    """Rows known unchanged (no audio to open) go to Ray Data in large blocks, the others in
+    blocks of the first stage's batch; every row is in exactly one block."""
+    from labeler.runs import KNOWN_ROWS_PER_BLOCK, input_blocks
+
+    n_known, n_new = KNOWN_ROWS_PER_BLOCK + 5, 37
+    ids = [f"f{k}" for k in range(n_known + n_new)]
+    known = [f"sha{k}" for k in range(n_known)] + [None] * n_new
+    order = list(range(len(ids)))[::-1]  # the new files first, as a listing may give them
+    todo = pa.table({"utt_id": [ids[k] for k in order], "known_sha256": [known[k] for k in order]})
+    blocks = input_blocks(todo, 16)
+    assert sorted(u for b in blocks for u in b.column("utt_id").to_pylist()) == sorted(ids)
+    big = [b for b in blocks if b.column("known_sha256").null_count == 0]
+    small = [b for b in blocks if b.column("known_sha256").null_count == b.num_rows]
+    assert len(big) + len(small) == len(blocks)  # no block mixes the two kinds
+    assert [b.num_rows for b in big] == [KNOWN_ROWS_PER_BLOCK, 5] and max(b.num_rows for b in small) == 16
+    assert sum(b.num_rows for b in small) == n_new
+    without = todo.drop_columns(["known_sha256"])  # a plan without the metadata fast path
+    assert [b.num_rows for b in input_blocks(without, 16)] == [16] * (todo.num_rows // 16) + [todo.num_rows % 16]
