@@ -56,15 +56,18 @@ TEST_ACTORS, VAL_ACTORS = 4, 2
 
 def pretrain_config(labels_root: str, out: str, epochs: int) -> dict:
     """``lanser-train pretrain`` on the weak labels: hard top-1 labels of confidence >= 0.3
-    (as trainer/configs/pretrain.yaml), balanced class weights (the scorer's labels are skewed)."""
+    (as trainer/configs/pretrain.yaml). No class weights: the labels the scorer gives a few
+    clips (fear, disgust, surprise) are mostly its mistakes, and balancing would make them
+    weigh most. The checkpoint kept is the one of lowest validation loss: the weak
+    validation labels' UA averages over those noise classes too."""
     return {
         "data": {"kind": "labels", "root": labels_root, "taxonomy": "ekman", "min_confidence": 0.3, "val_fraction": 0.15, "cache_features": True},
         "features": FEATURES,
         "model": MODEL,
         "optim": {"lr": 0.003, "warmup_epochs": 1},
-        "train": {"epochs": epochs, "batch_size": 16, "label_mode": "hard", "class_weighting": "balanced", "seed": 0},
+        "train": {"epochs": epochs, "batch_size": 16, "label_mode": "hard", "class_weighting": "none", "seed": 0},
         "scaling": SCALING,
-        "checkpoint": {"num_to_keep": 1, "metric": "val_ua"},
+        "checkpoint": {"num_to_keep": 1, "metric": "val_loss"},
         "output_dir": out,
         "name": "pretrain",
         "progress": False,
