@@ -24,8 +24,8 @@ Prints the table (test UA, mean +- sd over the seeds, and the paired difference)
 time of each phase; writes ``<out>/label_efficiency.json`` (every number, the configs, the
 machine and its load average), the sweep's PNG (``--png`` copies it, e.g. to
 docs/label_efficiency.png) and everything the tools wrote under ``--out``. The same seeds write
-the same corpora and pick the same clips; training on CPU is repeatable up to the order in
-which Ray Data hands batches over (see README).
+the same corpora and pick the same clips; training on CPU is not bit-reproducible (Ray Data's
+batch order and thread timing vary), hence the spread over seeds (see README).
 """
 
 from __future__ import annotations
