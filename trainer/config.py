@@ -358,6 +358,13 @@ class SweepConfig(FinetuneConfig):
     name: str = Field("sweep", description="prefix of the run names of the sweep's fine-tunes")
     init_checkpoint: str = Field(description="the weak-label-pretrained checkpoint compared against training from scratch")
     fractions: list[float] = Field([0.01, 0.05, 0.1, 0.25, 1.0], min_length=1, description="shares of the labeled training split")
+    seeds: list[int] | None = Field(
+        None,
+        min_length=1,
+        description="repeat every fine-tune once per seed (it sets data.seed: which clips a fraction keeps, and train.seed: "
+        "initialization and shuffling; the train/val/test split stays data.seed's) and report mean, sd, min and max; "
+        "null = once, with data.seed and train.seed as given",
+    )
 
     @field_validator("fractions")
     @classmethod
@@ -366,6 +373,13 @@ class SweepConfig(FinetuneConfig):
         if bad:
             raise ValueError(f"every fraction must be in (0, 1]; {bad} are not")
         return sorted(set(v))
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError(f"seeds must differ from each other; got {v}")
+        return v
 
 
 class InferenceConfig(_ComputeSection):

@@ -211,6 +211,32 @@ def test_finetune_data_kinds_are_validated():
         build_config("finetune", {"data": {"kind": "ravdes", "path": "p"}, "output_dir": "o"})
     with pytest.raises(ConfigError, match=r"fractions: .*\[1.5\]"):
         build_config("sweep", {"data": {"kind": "ravdess", "path": "p"}, "output_dir": "o", "init_checkpoint": "c", "fractions": [0.1, 1.5]})
+    with pytest.raises(ConfigError, match=r"seeds: .*\[0, 1, 0\]"):
+        build_config("sweep", {"data": {"kind": "ravdess", "path": "p"}, "output_dir": "o", "init_checkpoint": "c", "seeds": [0, 1, 0]})
+    with pytest.raises(ConfigError, match=r"seeds"):
+        build_config("sweep", {"data": {"kind": "ravdess", "path": "p"}, "output_dir": "o", "init_checkpoint": "c", "seeds": []})
+
+
+def test_sweep_summary_gives_the_spread_over_seeds_and_the_paired_difference():
+    from trainer.sweep import _arm_name, summarize
+
+    ua = {(0.05, "pretrained"): [0.7, 0.6, 0.8], (0.05, "scratch"): [0.5, 0.65, 0.4], (1.0, "pretrained"): [0.9, 0.9, 0.9], (1.0, "scratch"): [0.9, 0.8, 1.0]}
+    rows = [{"fraction": f, "arm": arm, "seed": s, "train_rows": 4 if f < 1 else 80, "test_ua": v}
+            for (f, arm), values in ua.items() for s, v in zip([0, 1, 2], values)]
+    rows.append({"fraction": 1.0, "arm": "scratch", "seed": 3, "train_rows": 80, "test_ua": None})  # a failed fine-tune: left out
+    low, full = summarize(rows)
+    assert low["fraction"] == 0.05 and low["train_rows"] == [4]
+    assert low["pretrained_ua"] == {"n": 3, "mean": 0.7, "sd": 0.1, "min": 0.6, "max": 0.8}
+    assert low["scratch_ua"]["mean"] == pytest.approx(0.5167, abs=1e-4) and low["scratch_ua"]["sd"] == pytest.approx(0.125831, abs=1e-4)
+    # Paired by seed: +0.2, -0.05, +0.4.
+    assert low["difference_ua"]["mean"] == pytest.approx(0.1833, abs=1e-4) and low["difference_ua"]["min"] == pytest.approx(-0.05)
+    assert low["difference_ua"]["pretrained_better"] == 2 and low["difference_ua"]["n"] == 3
+    assert full["scratch_ua"]["n"] == 3 and full["difference_ua"]["mean"] == pytest.approx(0.0, abs=1e-9)
+    one = summarize([{"fraction": 0.5, "arm": a, "seed": None, "train_rows": 9, "test_ua": 0.5} for a in ("pretrained", "scratch")])
+    assert one[0]["pretrained_ua"]["sd"] == 0.0 and one[0]["difference_ua"]["n"] == 1
+    # Run names: unchanged without seeds (old sweeps resume), the seed in them with seeds.
+    assert _arm_name("sweep", 0.05, "scratch") == "sweep_5pct_scratch"
+    assert _arm_name("sweep", 0.125, "pretrained", 2) == "sweep_12p5pct_s2_pretrained"
 
 
 def test_importing_trainer_is_light():

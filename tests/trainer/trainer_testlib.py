@@ -243,3 +243,40 @@ def build_tiny_encoder(path: str, family: str = "wavlm", do_normalize: bool = Tr
         feature_size=1, sampling_rate=SR, padding_value=0.0, do_normalize=do_normalize, return_attention_mask=True
     ).save_pretrained(path)
     return path
+
+
+# --------------------------------------------------------------------------- label efficiency (espeak-ng)
+
+#: The synthesized emotion -> the Ekman label a weak labeler should give it.
+EFFICIENCY_WEAK = {"neutral": "neutral", "happy": "joy", "sad": "sadness", "angry": "anger"}
+
+
+def build_efficiency_corpora(root: str, per_emotion: int, actors: int, weak_accuracy: float, seed: int = 0) -> dict:
+    """The label-efficiency data of ``bench/efficiency_corpus.py`` at test size: unlabeled
+    espeak-ng clips (words and prosody follow the emotion) under ``root/unlabeled`` with a
+    committed weak-labels table under ``root/weak`` whose labels are right for a
+    ``weak_accuracy`` share of the clips (the rest another Ekman label, with the lower
+    confidence a scorer gives its mistakes: the bench measures the real labeler on the same
+    corpus), and a RAVDESS-layout tree of lexically neutral statements under ``root/RAVDESS``."""
+    from bench.efficiency_corpus import split_voices, write_ravdess, write_unlabeled
+
+    rng = np.random.default_rng(seed)
+    actor_voices, pool = split_voices(seed, actors)
+    clips = write_unlabeled(os.path.join(root, "unlabeled"), per_emotion, pool, seed)
+    rows, right = [], 0
+    for i, clip in enumerate(clips):
+        true = EFFICIENCY_WEAK[clip.emotion]
+        if rng.random() < weak_accuracy:
+            label, conf = true, float(rng.uniform(0.45, 0.9))
+            right += 1
+        else:
+            label, conf = str(rng.choice([e for e in EKMAN if e != true])), float(rng.uniform(0.3, 0.5))
+        index = EKMAN.index(label)
+        rest = rng.dirichlet(np.full(len(EKMAN) - 1, 50.0)) * (1 - conf)
+        rows.append({"utt_id": f"clip{i:05d}", "uri": clip.path, "status": "labeled", "label": label, "label_index": index,
+                     "confidence": conf, "scores": [float(x) for x in np.insert(rest, index, conf)]})
+    weak = os.path.join(root, "weak")
+    write_labels_table(weak, rows, "ekman", "1.0", "run-efficiency", parts=2)
+    ravdess = os.path.join(root, "RAVDESS")
+    write_ravdess(ravdess, actor_voices, seed + 1)
+    return {"weak": weak, "ravdess": ravdess, "clips": len(clips), "weak_right": right, "actors": actors}
