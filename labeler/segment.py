@@ -243,7 +243,8 @@ def compression_ratio(text: str) -> float:
     return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
-def _normalize(text: str) -> str:
+def normalize_text(text: str) -> str:
+    """Lower case, punctuation removed, single spaces: text to compare, not to show."""
     return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
 
 
@@ -264,7 +265,7 @@ def longest_repeat(tokens: Sequence[str], max_n: int = 4) -> int:
 def drop_reason(u: Utterance, cfg: SegmentConfig, stock: frozenset[str]) -> str | None:
     """Why an utterance is junk (one of :data:`DROP_REASONS`), or None to keep it."""
     text = u.text
-    norm = _normalize(text)
+    norm = normalize_text(text)
     tokens = norm.split()
     if norm in stock:
         return "stock_phrase"
@@ -291,7 +292,7 @@ def build_utterances(words: Sequence[Word], duration: float, cfg: SegmentConfig)
         return [], Counter()
     pieces = [q for p in _split_pieces(words, cfg) for q in _split_long(p, cfg.max_s)]
     utterances = _pad(_merge_short(pieces, cfg), cfg.pad_s, duration)
-    stock = frozenset(_normalize(s) for s in cfg.stock_phrases)
+    stock = frozenset(normalize_text(s) for s in cfg.stock_phrases)
     kept, dropped = [], Counter()
     for u in utterances:
         why = drop_reason(u, cfg, stock)

@@ -127,10 +127,13 @@ class Encoder(nn.Module):
 
 
 class SERModel(nn.Module):
-    def __init__(self, spec: ModelSpec, num_classes: int):
+    """An utterance encoder, dropout and a class head; the encoder is the log-mel ResNet
+    (:class:`Encoder`) unless a subclass passes its own."""
+
+    def __init__(self, spec: ModelSpec, num_classes: int, encoder: nn.Module | None = None):
         super().__init__()
         self.spec = spec
-        self.encoder = Encoder(spec)
+        self.encoder = encoder if encoder is not None else Encoder(spec)
         self.dropout = nn.Dropout(spec.dropout)
         self.head = nn.Linear(spec.embed_dim, num_classes)
 
@@ -208,22 +211,12 @@ class PretrainedEncoder(nn.Module):
         return self.proj(pooled)
 
 
-class PretrainedSER(nn.Module):
-    """The same interface as :class:`trainer.model.SERModel` (``encoder``, ``head``,
-    ``forward``, ``embed``), so the recipe, fine-tuning and evaluation use either."""
+class PretrainedSER(SERModel):
+    """:class:`SERModel` on a :class:`PretrainedEncoder`, so the recipe, fine-tuning and
+    evaluation use either; only its optimizer groups differ."""
 
     def __init__(self, spec: PretrainedSpec, num_classes: int, pretrained_weights: bool = False):
-        super().__init__()
-        self.spec = spec
-        self.encoder = PretrainedEncoder(spec, pretrained_weights)
-        self.dropout = nn.Dropout(spec.dropout)
-        self.head = nn.Linear(spec.embed_dim, num_classes)
-
-    def forward(self, features: torch.Tensor, n_frames: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.encoder(features, n_frames)))
-
-    def embed(self, features: torch.Tensor, n_frames: torch.Tensor) -> torch.Tensor:
-        return self.encoder(features, n_frames)
+        super().__init__(spec, num_classes, encoder=PretrainedEncoder(spec, pretrained_weights))
 
     def param_groups(self, lr: float) -> list[dict]:
         """Optimizer groups: the head, projection and layer weights at ``lr`` (first, so the

@@ -143,6 +143,7 @@ def plot_sweep(rows: list[dict], path: str, title: str, chance: float | None = N
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     style = {"pretrained": dict(color="tab:blue", marker="o", lw=3.0, ms=8), "scratch": dict(color="tab:orange", marker="^", lw=1.5, ms=6)}
     fractions = sorted({r["fraction"] for r in rows})
+    summary = {s["fraction"]: s for s in summarize(rows)}  # the figures sweep.json reports
     for arm in ARMS:
         done = [r for r in rows if r["arm"] == arm and r["test_ua"] is not None]
         at = {f: [r for r in done if r["fraction"] == f] for f in fractions}
@@ -152,8 +153,8 @@ def plot_sweep(rows: list[dict], path: str, title: str, chance: float | None = N
         st = style[arm]
         x = [100 * f for f in at]
         ua = [[r["test_ua"] for r in rs] for rs in at.values()]
-        mean_ua = [statistics.fmean(v) for v in ua]
-        sd_ua = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in ua]
+        mean_ua = [summary[f][f"{arm}_ua"]["mean"] for f in at]
+        sd_ua = [summary[f][f"{arm}_ua"]["sd"] for f in at]
         f1 = [statistics.fmean(r["test_macro_f1"] for r in rs) for rs in at.values()]
         seeds = max(len(v) for v in ua)
         label = f"{arm}: UA" + (f" (mean \u00b1 sd, {seeds} seeds)" if seeds > 1 else "")

@@ -5,9 +5,6 @@ from __future__ import annotations
 import difflib
 import math
 import os
-import re
-import zlib
-from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any, Optional, Sequence, Union
 
@@ -17,7 +14,7 @@ from labeler.audio import SAMPLE_RATE
 from labeler.config import AsrConfig
 from labeler.errors import DeviceError, ModelLoadError
 from labeler.models.registry import resolve_model
-from labeler.segment import Word
+from labeler.segment import Word, compression_ratio, normalize_text
 
 LONG_AUDIO_S = 30.0
 # Whisper's own fallback thresholds (openai/whisper transcribe.py defaults).
@@ -413,11 +410,8 @@ class WhisperASR:
             bad = logp is None or logp < LOGPROB_THRESHOLD or compression_ratio(text) > COMPRESSION_RATIO_THRESHOLD
             if not text and no_speech > NO_SPEECH_THRESHOLD:
                 bad = False  # silence, as Whisper decides it
-            s0, s1 = spans[i]
-            clip_words = tuple(
-                Word(min(max(wd.start - s0, 0.0), s1 - s0), min(max(wd.end - s0, 0.0), s1 - s0),
-                     wd.word, float(wd.probability), float(s.no_speech_prob))
-                for s in segs for wd in (s.words or [])) if want[i] else None
+            clip_words = words_in_clip(
+                ((wd, s.no_speech_prob) for s in segs for wd in (s.words or [])), spans[i]) if want[i] else None
             return bad, set(), {i: ASRResult(text, self.pack_language, 1.0, logp, no_speech, len(segs), words=clip_words)}, True
         words = [wd for s in segs for wd in (s.words or [])]
         if not words or any(s.avg_logprob < LOGPROB_THRESHOLD for s in segs):
@@ -439,26 +433,17 @@ class WhisperASR:
             logp = float(np.mean([math.log(max(wd.probability, 1e-10)) for wd in mine]))
             if logp < LOGPROB_THRESHOLD:
                 doubtful.add(k)
-            clip_words = None
-            if want[i]:  # times back in the clip, inside it
-                s0, s1 = spans[i]
-                clip_words = tuple(
-                    Word(min(max(wd.start - s0, 0.0), s1 - s0), min(max(wd.end - s0, 0.0), s1 - s0),
-                         wd.word, float(wd.probability), no_speech) for wd in mine)
+            clip_words = words_in_clip(((wd, no_speech) for wd in mine), spans[i]) if want[i] else None
             results[i] = ASRResult(texts[k], self.pack_language, 1.0, logp, no_speech, 1, packed=True, words=clip_words)
         return False, {members[k] for k in doubtful}, results, trusted
 
 
-def compression_ratio(text: str) -> float:
-    """Whisper's loop detector: raw bytes over zlib-compressed bytes (0 for no text)."""
-    if not text:
-        return 0.0
-    raw = text.encode("utf-8")
-    return len(raw) / len(zlib.compress(raw))
-
-
-def _norm_words(text: str) -> list[str]:
-    return re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
+def words_in_clip(words: Any, span: tuple[float, float]) -> tuple[Word, ...]:
+    """(faster-whisper word, no-speech probability) pairs of a packed decode as
+    :class:`Word` s with times in their clip (``span`` in the packed audio), clamped inside it."""
+    s0, s1 = span
+    return tuple(Word(min(max(wd.start - s0, 0.0), s1 - s0), min(max(wd.end - s0, 0.0), s1 - s0),
+                      wd.word, float(wd.probability), float(no_speech)) for wd, no_speech in words)
 
 
 def repeats(a: Sequence[str], b: Sequence[str], similarity: float = 0.75) -> bool:
@@ -488,7 +473,7 @@ def doubtful_clips(texts: Sequence[str], durations: Sequence[float], *, repeat_s
       window's median: half a sentence moved out, or a neighbour's sentence moved in.
     """
     bad: set[int] = set()
-    words = [_norm_words(t) for t in texts]
+    words = [normalize_text(t).split() for t in texts]
     for k, t in enumerate(texts):
         if not words[k] or compression_ratio(t) > COMPRESSION_RATIO_THRESHOLD:
             bad.add(k)
