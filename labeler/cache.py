@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -114,14 +114,66 @@ class TranscriptCache:
         offsets = np.r_[0, np.cumsum(counts[order])].astype(np.int64)
         return cls(keys[order], offsets, t.select(cols).take(pa.array(rows, pa.int64())))
 
+    def find(self, shas: Sequence[str], asr_config_hash: str) -> np.ndarray:
+        """The group (index into ``keys``) of each file's transcription under those settings,
+        or -1: one vectorized lookup for a block of files. A 64-bit key collision is not a hit."""
+        if not len(shas) or not len(self.keys):
+            return np.full(len(shas), -1, np.int64)
+        groups = _lookup(self.keys, np.array([key64(s, asr_config_hash) for s in shas], np.uint64))
+        found = np.flatnonzero(groups >= 0)
+        if len(found):
+            first = pa.array(self.offsets[groups[found]], pa.int64())
+            stored = zip(self.table.column("audio_sha256").take(first).to_pylist(),
+                         self.table.column("asr_config_hash").take(first).to_pylist())
+            groups[found[[(a, h) != (shas[k], asr_config_hash) for (a, h), k in zip(stored, found)]]] = -1
+        return groups
+
+    def durations(self, groups: np.ndarray) -> np.ndarray:
+        """The stored duration of each group's file (NaN for -1)."""
+        out = np.full(len(groups), np.nan)
+        ok = groups >= 0
+        if ok.any():
+            out[ok] = self.table.column("duration_s").take(pa.array(self.offsets[groups[ok]], pa.int64())).to_numpy(zero_copy_only=False)
+        return out
+
+    def rows(self, groups: np.ndarray) -> tuple[pa.Table, np.ndarray]:
+        """The utterance rows of the given groups, one group after another, and each group's
+        row count."""
+        starts, stops = self.offsets[groups], self.offsets[groups + 1]
+        counts = stops - starts
+        take = np.repeat(starts - np.r_[0, np.cumsum(counts)[:-1]], counts) + np.arange(int(counts.sum()))
+        return self.table.take(pa.array(take, pa.int64())), counts
+
     def get(self, audio_sha256: str, asr_config_hash: str) -> Optional[list[dict]]:
         """The file's utterances (in order) with their transcripts under those settings, or None."""
-        i = int(_lookup(self.keys, np.array([key64(audio_sha256, asr_config_hash)], np.uint64))[0])
-        if i < 0:
-            return None
-        rows = self.table.slice(int(self.offsets[i]), int(self.offsets[i + 1] - self.offsets[i])).to_pylist()
-        ok = rows and rows[0]["audio_sha256"] == audio_sha256 and rows[0]["asr_config_hash"] == asr_config_hash
-        return rows if ok else None
+        i = int(self.find([audio_sha256], asr_config_hash)[0])
+        return None if i < 0 else self.rows(np.array([i]))[0].to_pylist()
+
+
+def cached_groups(cache: Optional[TranscriptCache], shas: Sequence[str], whole_hash: str, segmented_hash: str,
+                  applies: Callable[[float], bool]) -> np.ndarray:
+    """Each file's cached transcription (a group of ``cache``), or -1, if it was transcribed
+    before as this run would: whole (a clip the run would not segment, by its stored
+    duration: ``applies(duration)`` is false) or segmented with the same settings."""
+    if cache is None or not len(cache) or not len(shas):
+        return np.full(len(shas), -1, np.int64)
+    whole = cache.find(shas, whole_hash)
+    segmented = cache.find(shas, segmented_hash)
+    use_whole = [g >= 0 and not applies(d) for g, d in zip(whole, cache.durations(whole))]
+    use_seg = [g >= 0 and applies(d) for g, d in zip(segmented, cache.durations(segmented))]
+    return np.where(use_whole, whole, np.where(use_seg, segmented, -1))
+
+
+def cached_mask(cache: Optional[TranscriptCache], shas: pa.Array, whole_hash: str, segmented_hash: str, segment: Any) -> np.ndarray:
+    """Which of the files (their known sha256, null when unknown) the cache has transcribed
+    as this run would (:func:`cached_groups`; ``segment``: the run's SegmentConfig). Run as
+    a Ray task beside the cache, so the driver gets only the mask."""
+    values = shas.to_pylist()
+    known = [k for k, v in enumerate(values) if v is not None]
+    mask = np.zeros(len(values), bool)
+    if known:
+        mask[known] = cached_groups(cache, [values[k] for k in known], whole_hash, segmented_hash, segment.applies) >= 0
+    return mask
 
 
 @dataclass

@@ -25,6 +25,7 @@ with nothing lost or duplicated.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import posixpath
@@ -33,6 +34,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional
 
+import numpy as np
 import pyarrow as pa
 
 from labeler import schema as S
@@ -145,8 +147,17 @@ def execute(cfg: LabelConfig, plan: RunPlan, run_id: str, todo: Any) -> tuple[di
     require_stages(plan.stages, todo.column_names)
     ctx, sizes = load_caches(cfg, plan)
     ctx.dedupe = "transcripts" in plan.caches
-    rows, side = _pass(cfg, plan, run_id, todo, ctx)
-    deferred = side.pop("deferred", [])
+    passes = []
+    cached = cached_rows(cfg, todo, ctx)
+    if cached is not None and cached.any():
+        # files unchanged and transcribed before: a pass of their own, in large blocks that
+        # each stage takes whole (no audio is opened, so a row costs microseconds per stage)
+        passes.append(_pass(cfg, plan, run_id, todo.filter(pa.array(cached)), ctx, blocked=True))
+        todo = todo.filter(pa.array(~cached))
+    if todo.num_rows:
+        passes.append(_pass(cfg, plan, run_id, todo, ctx))
+    deferred = [u for _, side in passes for u in side.pop("deferred", [])]
+    rows, side = merge_stats([r for r, _ in passes]), functools.reduce(merge_side, [s for _, s in passes])
     if deferred:
         copies = todo.filter(pc.is_in(todo.column("utt_id"), value_set=pa.array(deferred, pa.string())))
         own, _ = off_driver(TranscriptCache.load, S.staging_dir(cfg.output, run_id), (cfg.asr.config_hash(), cfg.segmented_hash()))
@@ -157,8 +168,22 @@ def execute(cfg: LabelConfig, plan: RunPlan, run_id: str, todo: Any) -> tuple[di
     return rows, side, sizes
 
 
-def _pass(cfg: LabelConfig, plan: RunPlan, run_id: str, todo: Any, ctx: StageContext) -> tuple[dict, dict]:
-    """One pass of ``todo`` through the stages into the sink, with its own attempt id and collector."""
+def cached_rows(cfg: LabelConfig, todo: Any, ctx: StageContext) -> Optional[np.ndarray]:
+    """Which rows of a label run's ``todo`` are files known unchanged (``known_sha256``)
+    whose transcripts, under this run's settings, are in the transcript cache: computed by a
+    Ray task beside the cache, so the driver holds one bool per row. None when no row can be."""
+    from labeler.cache import cached_mask
+
+    if not isinstance(todo, pa.Table) or "known_sha256" not in todo.column_names or ctx.transcript_cache is None:
+        return None
+    return on_ray(cached_mask, ctx.transcript_cache, todo.column("known_sha256").combine_chunks(),
+                  cfg.asr.config_hash(), cfg.segmented_hash(), cfg.segment)
+
+
+def _pass(cfg: LabelConfig, plan: RunPlan, run_id: str, todo: Any, ctx: StageContext, blocked: bool = False) -> tuple[dict, dict]:
+    """One pass of ``todo`` through the stages into the sink, with its own attempt id and
+    collector. ``blocked``: rows that cost microseconds each (:func:`cached_rows`), cut into
+    blocks of :data:`CACHED_ROWS_PER_BLOCK` that every stage takes as one batch."""
     import ray
 
     from labeler.collector import start_collector
@@ -171,10 +196,10 @@ def _pass(cfg: LabelConfig, plan: RunPlan, run_id: str, todo: Any, ctx: StageCon
         if isinstance(todo, StreamedInputs):
             ds = todo.dataset()
         else:
-            ds = ray.data.from_arrow(input_blocks(todo, plan.stages[0].resources(cfg)["batch_size"]))
+            ds = ray.data.from_arrow(input_blocks(todo, CACHED_ROWS_PER_BLOCK if blocked else plan.stages[0].resources(cfg)["batch_size"]))
         sink = LabelsSink(cfg.output, run_id, attempt, cfg.out.rows_per_file, cfg.out.compression)
         try:
-            chain(ds, plan.stages, cfg, ctx).write_datasink(
+            chain(ds, plan.stages, cfg, ctx, blocked=blocked).write_datasink(
                 sink, ray_remote_args={"num_cpus": cfg.out.write_num_cpus, "max_retries": cfg.retry.max_task_retries})
         except Exception as exc:
             cause = find_lanser_error(exc)
@@ -188,25 +213,16 @@ def _pass(cfg: LabelConfig, plan: RunPlan, run_id: str, todo: Any, ctx: StageCon
     return sink.stats or {"rows": 0}, side
 
 
-#: Rows per input block for files known unchanged (their transcripts come from the cache, no
-#: audio is opened): such a row costs microseconds, so it travels in large blocks, and a night
-#: with little new is not dominated by the per-block cost of Ray Data's scheduling.
-KNOWN_ROWS_PER_BLOCK = 1024
+#: Rows per block (and per batch, in every stage) of files known unchanged whose transcripts
+#: are cached (no audio is opened, no ASR runs): such a row costs microseconds, so it travels
+#: in large blocks, and a night with little new is not dominated by per-batch costs (Ray
+#: Data's, and each stage's report to the collector).
+CACHED_ROWS_PER_BLOCK = 4096
 
 
 def input_blocks(todo: pa.Table, step: int) -> list[pa.Table]:
-    """``todo`` cut into Ray Data input blocks: ``step`` rows (the first stage's batch) for
-    rows whose audio may be read, :data:`KNOWN_ROWS_PER_BLOCK` for rows known unchanged
-    (``known_sha256`` set). Every row is in exactly one block."""
-    import pyarrow.compute as pc
-
-    if "known_sha256" not in todo.column_names or todo.num_rows == 0:
-        return [todo.slice(i, step) for i in range(0, todo.num_rows, step)]
-    known = pc.is_valid(todo.column("known_sha256"))
-    blocks = []
-    for part, size in ((todo.filter(known), max(step, KNOWN_ROWS_PER_BLOCK)), (todo.filter(pc.invert(known)), step)):
-        blocks += [part.slice(i, size) for i in range(0, part.num_rows, size)]
-    return blocks
+    """``todo`` cut into Ray Data input blocks of ``step`` rows. Every row is in exactly one block."""
+    return [todo.slice(i, step) for i in range(0, todo.num_rows, step)]
 
 
 def merge_side(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

@@ -172,15 +172,20 @@ def actor_pool(concurrency, retry) -> dict[str, Any]:
     return {"compute": pool, "max_restarts": retry.max_actor_restarts, "max_task_retries": retry.max_task_retries}
 
 
-def chain(ds: "ray.data.Dataset", stages: Iterable[type[Stage]], cfg: LabelConfig, ctx: StageContext) -> "ray.data.Dataset":
-    """``ds`` through each stage's actor pool, in order (lazy: nothing runs yet)."""
+def chain(ds: "ray.data.Dataset", stages: Iterable[type[Stage]], cfg: LabelConfig, ctx: StageContext,
+          blocked: bool = False) -> "ray.data.Dataset":
+    """``ds`` through each stage's actor pool, in order (lazy: nothing runs yet). ``blocked``:
+    every stage takes each block whole as one batch, whatever its ``batch_size`` (for rows
+    that cost microseconds each, :func:`labeler.runs.cached_rows`: one call per stage and
+    block, not one per ``batch_size`` rows)."""
     for stage in stages:
         res = dict(stage.resources(cfg))
         args = actor_pool(res.pop("concurrency"), cfg.retry)
         if not res.get("num_gpus"):
             res.pop("num_gpus", None)
+        batch_size = res.pop("batch_size")
         ds = ds.map_batches(stage, fn_constructor_args=(cfg, ctx), batch_format="pyarrow",
-                            batch_size=res.pop("batch_size"), **res, **args)
+                            batch_size=None if blocked else batch_size, **res, **args)
     return ds
 
 

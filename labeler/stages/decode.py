@@ -84,18 +84,23 @@ class DecodeStage(Stage):
             else:
                 self.count(transcripts_from_cache=1, utterances_from_cache=len(hit))
 
+        sources, errors = batch.column("utt_id").to_pylist(), batch.column("error").to_pylist()
+        # files unchanged since an earlier run read them, whose transcripts are cached: not
+        # opened, and their stored utterances taken as one block (no per-row Python)
+        ask = [i for i, (k, e) in enumerate(zip(opt["known_sha256"], errors)) if k is not None and e is None]
+        groups = self.cached_groups([opt["known_sha256"][i] for i in ask])
+        hits = np.array(ask, np.int64)[groups >= 0]
+        bulk = self.from_cache_block(hits, groups[groups >= 0], sources) if len(hits) else None
+        skip = set(hits.tolist())
         for i, (source, uri, error, size, version, known) in enumerate(
-                zip(*(batch.column(c).to_pylist() for c in self.reads), *opt.values())):
+                zip(sources, batch.column("uri").to_pylist(), errors, *opt.values())):
+            if i in skip:
+                continue
             if error is not None:
                 row(i, utt_id=source, source_id=source, error=error, source_utterances=1)
                 continue
             sha = duration = None
             try:
-                hit = self.cached(known) if known is not None else None
-                if hit is not None:  # unchanged since an earlier run read it: not opened
-                    from_cache(i, source, hit)
-                    self.count(sources_skipped_by_metadata=1)
-                    continue
                 sha, data = read_or_hash(uri, int(self.read_whole_max_mb * 2**20))  # sha kept even when decoding fails
                 self.count(audio_files_read=1)
                 if size is not None and version is not None and sha != known:  # (known: already in sources/)
@@ -131,7 +136,29 @@ class DecodeStage(Stage):
 
             now = dt.datetime.now(dt.timezone.utc)
             self.emit("sources", pa.table({**listed, "created_at": pa.array([now] * len(listed["uri"]), S.TIMESTAMP)}))
-        return columns(out)
+        if bulk is None:
+            return columns(out)
+        merged = pa.concat_tables([columns(out), bulk])
+        return merged.take(pa.array(np.argsort(merged.column("parent_row").to_numpy(), kind="stable")))
+
+    def from_cache_block(self, rows: np.ndarray, groups: np.ndarray, sources: list[str]) -> pa.Table:
+        """The stored utterances of the batch's ``rows`` (their cache ``groups``), as this
+        stage's output columns, with ``parent_row``."""
+        t, counts = self.cache.rows(groups)
+        parent = np.repeat(rows, counts)
+        source = [sources[i] for i in parent.tolist()]
+        seg_count, seg_index, start, end, dur = (t.column(c).to_pylist() for c in ("segment_count", "segment_index", "start_s", "end_s", "duration_s"))
+        utt = [src if (n == 1 and a == 0 and b == d) or k is None else utterance_id(src, a, b)
+               for src, n, k, a, b, d in zip(source, seg_count, seg_index, start, end, dur)]
+        nulls = pa.nulls(len(parent))
+        values = {"utt_id": utt, "source_id": source, "source_utterances": np.repeat(counts, counts),
+                  **{c: t.column(c) for c in ("audio_sha256", "duration_s", "segment_index", "start_s", "end_s", *S.TRANSCRIPT_COLUMNS, "asr_config_hash")},
+                  "parent_row": parent}
+        self.count(sources_skipped_by_metadata=len(rows), utterances_from_cache=len(parent),
+                   **({"transcripts_from_this_run": len(rows)} if self.second_pass else {"transcripts_from_cache": len(rows)}))
+        return pa.table({c: values[c].cast(S.column_type(c)) if isinstance(values.get(c), pa.ChunkedArray)
+                         else pa.array(values[c], S.column_type(c)) if c in values else nulls.cast(S.column_type(c))
+                         for c in (*self.writes, "parent_row")})
 
     def decode(self, source) -> tuple[Optional[np.ndarray], float, Optional[list[list[float]]]]:
         """(waveform, duration_s, speech regions) of a file, decoded as a stream: the waveform
@@ -160,16 +187,13 @@ class DecodeStage(Stage):
         waveform = None if kept is None else (np.concatenate(kept) if len(kept) > 1 else kept[0])
         return waveform, duration, speech
 
-    def cached(self, sha: str):
-        """The file's stored utterances, if it was transcribed before as this run would: whole
-        (a clip the run would not segment, by its stored duration) or segmented with the
-        same settings."""
-        if self.cache is None:
-            return None
-        whole = self.cache.get(sha, self.whole_hash)
-        if whole is not None and not self.segment.applies(whole[0]["duration_s"]):
-            return whole
-        segmented = self.cache.get(sha, self.segmented_hash)
-        if segmented is not None and self.segment.applies(segmented[0]["duration_s"]):
-            return segmented
-        return None
+    def cached_groups(self, shas: list[str]) -> np.ndarray:
+        """:func:`labeler.cache.cached_groups` under this run's settings."""
+        from labeler.cache import cached_groups
+
+        return cached_groups(self.cache, shas, self.whole_hash, self.segmented_hash, self.segment.applies)
+
+    def cached(self, sha: str) -> Optional[list[dict]]:
+        """The file's stored utterances (see :meth:`cached_groups`), or None."""
+        g = self.cached_groups([sha])
+        return None if g[0] < 0 else self.cache.rows(g)[0].to_pylist()

@@ -116,22 +116,42 @@ def test_listings_carry_size_and_mtime(tmp_path):
     assert [(r["source_size"], r["source_version"]) for r in t] == [want["a/x.wav"], want["y.flac"], (None, None)]
 
 
-def test_known_rows_travel_in_large_blocks():
-    """Rows known unchanged (no audio to open) go to Ray Data in large blocks, the others in
-    blocks of the first stage's batch; every row is in exactly one block."""
-    from labeler.runs import KNOWN_ROWS_PER_BLOCK, input_blocks
+def test_cached_rows_are_known_files_transcribed_as_this_run_would(tmp_path):
+    """The rows that get the blocked pass (large blocks, no audio, every stage one call per
+    block): a file known unchanged whose transcript under this run's settings is in the
+    transcript cache, whole for a clip and segmented for a long recording. A known file
+    transcribed with other ASR settings, a recording cached whole that this run would
+    segment, an unknown file and a sha256 the cache lacks are read as usual."""
+    import datetime as dt
 
-    n_known, n_new = KNOWN_ROWS_PER_BLOCK + 5, 37
-    ids = [f"f{k}" for k in range(n_known + n_new)]
-    known = [f"sha{k}" for k in range(n_known)] + [None] * n_new
-    order = list(range(len(ids)))[::-1]  # the new files first, as a listing may give them
-    todo = pa.table({"utt_id": [ids[k] for k in order], "known_sha256": [known[k] for k in order]})
-    blocks = input_blocks(todo, 16)
-    assert sorted(u for b in blocks for u in b.column("utt_id").to_pylist()) == sorted(ids)
-    big = [b for b in blocks if b.column("known_sha256").null_count == 0]
-    small = [b for b in blocks if b.column("known_sha256").null_count == b.num_rows]
-    assert len(big) + len(small) == len(blocks)  # no block mixes the two kinds
-    assert [b.num_rows for b in big] == [KNOWN_ROWS_PER_BLOCK, 5] and max(b.num_rows for b in small) == 16
-    assert sum(b.num_rows for b in small) == n_new
-    without = todo.drop_columns(["known_sha256"])  # a plan without the metadata fast path
-    assert [b.num_rows for b in input_blocks(without, 16)] == [16] * (todo.num_rows // 16) + [todo.num_rows % 16]
+    import pyarrow.parquet as pq
+
+    from labeler import schema as S
+    from labeler.cache import TranscriptCache, cached_mask
+    from labeler.runs import CACHED_ROWS_PER_BLOCK, input_blocks
+
+    cfg = load_config(DEMO, {"segment.mode": "auto"})
+    whole, segmented = cfg.asr.config_hash(), cfg.segmented_hash()
+    long_s = cfg.segment.min_source_s + 10
+    # (sha, asr config hash, duration, utterances)
+    stored = [("clip", whole, 3.0, 1), ("rec", segmented, long_s, 3), ("other", "another-asr-config", 3.0, 1),
+              ("rec-whole", whole, long_s, 1)]
+    rows = []
+    for sha, h, dur, n in stored:
+        for k in range(n):
+            rows.append({"audio_sha256": sha, "asr_config_hash": h, "duration_s": dur, "segment_index": k, "segment_count": n,
+                         "start_s": k * 2.0, "end_s": k * 2.0 + 1.5, "text": f"{sha} {k}", "utt_id": f"{sha}-{k}", "uri": f"/a/{sha}.wav",
+                         "source_id": sha, "language": "en", "language_prob": 1.0, "avg_logprob": -0.2, "no_speech_prob": 0.01,
+                         "asr_model": "tiny", "error": None,
+                         "created_at": dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)})
+    part = S.transcripts_partition(str(tmp_path), "20260101T000000Z-aaaaaaaa")
+    os.makedirs(part)
+    pq.write_table(S.conform(pa.Table.from_pylist(rows), S.TRANSCRIPTS_FILE_SCHEMA), os.path.join(part, "part-0.parquet"))
+    cache = TranscriptCache.load(str(tmp_path), (whole, segmented))
+    shas = pa.array(["clip", "rec", "other", "rec-whole", None, "never-seen"])
+    assert cached_mask(cache, shas, whole, segmented, cfg.segment).tolist() == [True, True, False, False, False, False]
+    assert not cached_mask(None, shas, whole, segmented, cfg.segment).any()
+    todo = pa.table({"utt_id": [f"f{k}" for k in range(CACHED_ROWS_PER_BLOCK + 5)]})
+    blocks = input_blocks(todo, CACHED_ROWS_PER_BLOCK)
+    assert [b.num_rows for b in blocks] == [CACHED_ROWS_PER_BLOCK, 5]
+    assert [u for b in blocks for u in b.column("utt_id").to_pylist()] == todo.column("utt_id").to_pylist()
