@@ -245,19 +245,25 @@ def load_caches(cfg: LabelConfig, plan: RunPlan) -> tuple[StageContext, dict[str
     on the driver: the driver holds object refs and the cache sizes, never the transcripts'
     text or the score table, so its memory does not grow with the caches. Returns the stage
     context and the cache sizes."""
+    import ray
+
     from labeler.cache import ScoreCache, TranscriptCache
 
-    ctx, sizes = StageContext(taxonomy=plan.taxonomy), {}
+    ctx, sizes, building = StageContext(taxonomy=plan.taxonomy), {}, {}
     if "transcripts" in plan.caches and cfg.cache.transcripts:
         hashes = (cfg.asr.config_hash(), cfg.segmented_hash())  # files transcribed whole, segmented recordings
-        ctx.transcript_cache, sizes["transcripts"] = off_driver(TranscriptCache.load, cfg.output, hashes)
+        building["transcripts"] = build_off_driver(TranscriptCache.load, cfg.output, hashes)
     elif "transcripts" in plan.caches:
         sizes["transcripts"] = 0
     if "scores" in plan.caches and cfg.cache.scores:
         hyps = [h for hs in plan.taxonomy.hypothesis_sets for h in hs]
-        ctx.score_cache, sizes["score_pairs"] = off_driver(ScoreCache.load, cfg.output, cfg.scorer.key_hash(), hyps)
+        building["score_pairs"] = build_off_driver(ScoreCache.load, cfg.output, cfg.scorer.key_hash(), hyps)
     elif "scores" in plan.caches:
         sizes["score_pairs"] = 0
+    # both caches are built at once, by two tasks
+    sizes.update({name: int(n) for name, n in zip(building, ray.get([size for _, size in building.values()]))})
+    refs = {name: (ref if sizes[name] else None) for name, (ref, _) in building.items()}
+    ctx.transcript_cache, ctx.score_cache = refs.get("transcripts"), refs.get("score_pairs")
     return ctx, sizes
 
 
@@ -266,13 +272,21 @@ def _build_cache(load: Callable[..., Any], *args: Any) -> tuple[Any, int]:
     return (cache if len(cache) else None), len(cache)
 
 
-def off_driver(load: Callable[..., Any], *args: Any) -> tuple[Any, int]:
-    """``load(*args)`` run as a Ray task: (an object ref to the cache it builds, or None when
-    it is empty; its size). The task returns the cache as one of two return values, so the
+def build_off_driver(load: Callable[..., Any], *args: Any) -> tuple[Any, Any]:
+    """``load(*args)`` started as a Ray task: object refs to the cache it builds (None when
+    empty) and to its size. The task returns the cache as one of two return values, so the
     driver owns the object (it outlives the task's worker) without ever deserializing it."""
     import ray
 
-    cache_ref, size_ref = ray.remote(num_returns=2, max_retries=3)(_build_cache).remote(load, *args)
+    return ray.remote(num_returns=2, max_retries=3)(_build_cache).remote(load, *args)
+
+
+def off_driver(load: Callable[..., Any], *args: Any) -> tuple[Any, int]:
+    """:func:`build_off_driver`, waited for: (an object ref to the cache, or None when it is
+    empty; its size)."""
+    import ray
+
+    cache_ref, size_ref = build_off_driver(load, *args)
     size = int(ray.get(size_ref))
     return (cache_ref if size else None), size
 

@@ -72,26 +72,15 @@ class DecodeStage(Stage):
         opt = {c: batch.column(c).to_pylist() if c in batch.column_names else [None] * n for c in self.optional_reads}
         listed: dict[str, list] = {"uri": [], "source_size": [], "source_version": [], "audio_sha256": []}
 
-        def from_cache(i: int, source: str, hit: list[dict]) -> None:
-            for u in hit:
-                whole = u["segment_count"] == 1 and u["start_s"] == 0 and u["end_s"] == u["duration_s"]
-                uid = source if whole or u["segment_index"] is None else utterance_id(source, u["start_s"], u["end_s"])
-                row(i, utt_id=uid, source_id=source, source_utterances=len(hit),
-                    **{c: u[c] for c in ("audio_sha256", "duration_s", "segment_index", "start_s", "end_s", *S.TRANSCRIPT_COLUMNS,
-                                          "asr_config_hash")})
-            if self.second_pass:
-                self.count(transcripts_from_this_run=1)
-            else:
-                self.count(transcripts_from_cache=1, utterances_from_cache=len(hit))
-
         sources, errors = batch.column("utt_id").to_pylist(), batch.column("error").to_pylist()
         # files unchanged since an earlier run read them, whose transcripts are cached: not
-        # opened, and their stored utterances taken as one block (no per-row Python)
+        # opened; they, and files read that the cache knows, become their stored utterances,
+        # taken from the cache as one Arrow block at the end
         ask = [i for i, (k, e) in enumerate(zip(opt["known_sha256"], errors)) if k is not None and e is None]
         groups = self.cached_groups([opt["known_sha256"][i] for i in ask])
-        hits = np.array(ask, np.int64)[groups >= 0]
-        bulk = self.from_cache_block(hits, groups[groups >= 0], sources) if len(hits) else None
-        skip = set(hits.tolist())
+        hits = {ask[k]: int(g) for k, g in enumerate(groups) if g >= 0}  # row -> cache group
+        self.count(sources_skipped_by_metadata=len(hits))
+        skip = set(hits)
         for i, (source, uri, error, size, version, known) in enumerate(
                 zip(sources, batch.column("uri").to_pylist(), errors, *opt.values())):
             if i in skip:
@@ -106,9 +95,9 @@ class DecodeStage(Stage):
                 if size is not None and version is not None and sha != known:  # (known: already in sources/)
                     for c, v in (("uri", uri), ("source_size", size), ("source_version", version), ("audio_sha256", sha)):
                         listed[c].append(v)
-                hit = self.cached(sha)
-                if hit is not None:
-                    from_cache(i, source, hit)
+                g = int(self.cached_groups([sha])[0])
+                if g >= 0:
+                    hits[i] = g
                     continue
                 if self.dedupe and not self.report.claim(sha, source):
                     # another input of this run has the same audio: it waits for that one's transcript
@@ -136,9 +125,10 @@ class DecodeStage(Stage):
 
             now = dt.datetime.now(dt.timezone.utc)
             self.emit("sources", pa.table({**listed, "created_at": pa.array([now] * len(listed["uri"]), S.TIMESTAMP)}))
-        if bulk is None:
+        if not hits:
             return columns(out)
-        merged = pa.concat_tables([columns(out), bulk])
+        rows = np.array(sorted(hits), np.int64)
+        merged = pa.concat_tables([columns(out), self.from_cache_block(rows, np.array([hits[i] for i in rows.tolist()], np.int64), sources)])
         return merged.take(pa.array(np.argsort(merged.column("parent_row").to_numpy(), kind="stable")))
 
     def from_cache_block(self, rows: np.ndarray, groups: np.ndarray, sources: list[str]) -> pa.Table:
@@ -154,8 +144,10 @@ class DecodeStage(Stage):
         values = {"utt_id": utt, "source_id": source, "source_utterances": np.repeat(counts, counts),
                   **{c: t.column(c) for c in ("audio_sha256", "duration_s", "segment_index", "start_s", "end_s", *S.TRANSCRIPT_COLUMNS, "asr_config_hash")},
                   "parent_row": parent}
-        self.count(sources_skipped_by_metadata=len(rows), utterances_from_cache=len(parent),
-                   **({"transcripts_from_this_run": len(rows)} if self.second_pass else {"transcripts_from_cache": len(rows)}))
+        if self.second_pass:
+            self.count(transcripts_from_this_run=len(rows))
+        else:
+            self.count(transcripts_from_cache=len(rows), utterances_from_cache=len(parent))
         return pa.table({c: values[c].cast(S.column_type(c)) if isinstance(values.get(c), pa.ChunkedArray)
                          else pa.array(values[c], S.column_type(c)) if c in values else nulls.cast(S.column_type(c))
                          for c in (*self.writes, "parent_row")})
@@ -192,8 +184,3 @@ class DecodeStage(Stage):
         from labeler.cache import cached_groups
 
         return cached_groups(self.cache, shas, self.whole_hash, self.segmented_hash, self.segment.applies)
-
-    def cached(self, sha: str) -> Optional[list[dict]]:
-        """The file's stored utterances (see :meth:`cached_groups`), or None."""
-        g = self.cached_groups([sha])
-        return None if g[0] < 0 else self.cache.rows(g)[0].to_pylist()
