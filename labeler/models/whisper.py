@@ -38,6 +38,8 @@ ANCHOR_END_TOLERANCE_S = 0.3
 # Whisper often ends a short clip's text without its closing timestamp; a longer clip ending
 # so may have been cut short (its end unknown, the check for speech left uncovered cannot run).
 ANCHOR_OPEN_END_MAX_S = 8.0
+# Doubtful clips of anchored windows are packed again once with this many times the gap.
+ANCHOR_RETRY_GAP = 3.0
 # A clip with no 25-ms frame above this RMS (-50 dBFS) is silent: text decoded for it was
 # borrowed from the next clip.
 SILENT_RMS = 10 ** (-50 / 20)
@@ -402,7 +404,34 @@ class WhisperASR:
                     self._health(not any(repeats(normalize_text(a).split(), normalize_text(b).split())
                                          for k, a in enumerate(texts) for b in texts[k + 1:]))
                 out[w] = o
+        self._retry_anchored(waveforms, [(windows[w], out[w]) for w in again if out[w] is not None])
         return out
+
+    def _retry_anchored(self, waveforms: Sequence[np.ndarray],
+                        decoded: list[tuple[list[int], tuple[bool, set[int], dict[int, ASRResult], bool]]]) -> None:
+        """The doubtful clips of anchored windows, packed again with ``ANCHOR_RETRY_GAP``
+        times the gap and decoded anchored once more: most doubts are a decode that ran on
+        over a 1-s gap into the next clip (a repeat), which a wider gap stops, and a shared
+        window costs one encoder pass where one-clip windows cost one each. A clip that is
+        doubtful again stays doubtful (one-clip window next). Updates ``decoded`` in place."""
+        doubtful = sorted(i for _, o in decoded for i in o[1])
+        if len(doubtful) < 2:
+            return
+        gap_s = min(self.pack_gap_s * ANCHOR_RETRY_GAP, self.pack_window_s / 4)
+        windows, _ = plan_windows([len(waveforms[i]) / SAMPLE_RATE for i in doubtful], self.pack_window_s, gap_s)
+        windows = [[doubtful[k] for k in w] for w in windows if len(w) > 1]
+        if not windows:
+            return
+        self.stats["retry_windows"] += len(windows)
+        self.stats["retried_clips"] += sum(len(w) for w in windows)
+        settled: dict[int, ASRResult] = {}
+        for o in self._decode_anchored(waveforms, windows, gap_s=gap_s):
+            if o is not None:
+                settled.update({i: r for i, r in o[2].items() if i not in o[1]})
+        for _, (_, doubts, results, _) in decoded:
+            for i in [i for i in doubts if i in settled]:
+                doubts.discard(i)
+                results[i] = settled[i]
 
     def _anchorable(self, members: list[int], want: Sequence[bool]) -> bool:
         """A window that anchored decoding may take: packed, and no clip of it needs words."""
@@ -478,7 +507,7 @@ class WhisperASR:
         return [self._window_outcome(members, by_window.get(w, []), spans, want) for w, members in enumerate(windows)]
 
     def _decode_anchored(self, waveforms: Sequence[np.ndarray], windows: list[list[int]],
-                         encodings: Optional[Sequence[Optional[np.ndarray]]] = None
+                         encodings: Optional[Sequence[Optional[np.ndarray]]] = None, gap_s: Optional[float] = None
                          ) -> list[Optional[tuple[bool, set[int], dict[int, ASRResult], bool]]]:
         """Packed windows encoded once, each clip decoded from its own start timestamp.
 
@@ -491,7 +520,8 @@ class WhisperASR:
         the first segment starting at or after its end; the checks of :func:`anchored_doubts`
         send a clip that ran on, looped or left speech uncovered to a one-clip window. The
         clips are independent: one doubtful clip casts no doubt on its neighbours.
-        ``encodings[w]``: window ``w``'s encoder output when a whole decode already made it.
+        ``encodings[w]``: window ``w``'s encoder output when a whole decode already made it;
+        ``gap_s``: the silence between clips (``pack_gap_s`` unless given).
         """
         from faster_whisper.audio import pad_or_trim
         from faster_whisper.tokenizer import Tokenizer
@@ -500,7 +530,8 @@ class WhisperASR:
         tokenizer = Tokenizer(self.model.hf_tokenizer, self.model.model.is_multilingual, task="transcribe",
                               language=self.pack_language)
         ts0 = tokenizer.timestamp_begin
-        gap = np.zeros(int(round(self.pack_gap_s * SAMPLE_RATE)), dtype=np.float32)
+        gap_s = self.pack_gap_s if gap_s is None else gap_s
+        gap = np.zeros(int(round(gap_s * SAMPLE_RATE)), dtype=np.float32)
         out: list[Optional[tuple[bool, set[int], dict[int, ASRResult], bool]]] = []
         for g in range(0, len(windows), self.chunk_batch_size):
             group = windows[g:g + self.chunk_batch_size]
@@ -544,7 +575,7 @@ class WhisperASR:
             decoded: dict[int, tuple[str, Optional[float], float, float, bool]] = {}
             for i, res in results.items():
                 ids = res.sequences_ids[0]  # the forced start timestamp, then what was generated
-                text_ids, end = clip_tokens(ids, ts0, spans[i][1] + self.pack_gap_s / 2)
+                text_ids, end = clip_tokens(ids, ts0, spans[i][1] + gap_s / 2)
                 open_end = end is None
                 if open_end and len(ids) - 1 < budget[i] - 1 and spans[i][1] - spans[i][0] <= ANCHOR_OPEN_END_MAX_S:
                     end = spans[i][1]  # a short clip's text ended before the bound without a closing timestamp
@@ -553,7 +584,7 @@ class WhisperASR:
             for members in group:
                 texts = [decoded[i][0] for i in members]
                 doubts = anchored_doubts(texts, [decoded[i][1] for i in members], [decoded[i][4] for i in members],
-                                         [spans[i] for i in members], [waveforms[i] for i in members], self.pack_gap_s)
+                                         [spans[i] for i in members], [waveforms[i] for i in members], gap_s)
                 doubts |= {k for k, i in enumerate(members) if decoded[i][2] < ANCHOR_LOGPROB_THRESHOLD}
                 results_w = {i: ASRResult(decoded[i][0], self.pack_language, 1.0, decoded[i][2], decoded[i][3], 1, packed=True)
                              for k, i in enumerate(members) if k not in doubts}

@@ -343,7 +343,7 @@ def test_repeated_sentence_clips_each_get_the_sentence_and_the_counters_say_how(
         assert c["single_clips"] + c["alone_clips"] >= len(repeated) - c["packed_clips"]
         assert c["packed_clips"] + c["single_clips"] + c["alone_clips"] - c["retried_clips"] <= len(repeated) + c["single_clips"]
     else:  # each clip decoded from its own start: the repeats are kept, at most one clip decoded again
-        assert c["packed_clips"] >= len(repeated) - 1 and c["retry_windows"] == 0
+        assert c["packed_clips"] >= len(repeated) - 1
         assert c["packed_clips"] + c["single_clips"] + c["alone_clips"] == len(repeated)
 
 
@@ -392,7 +392,6 @@ def test_anchored_windows_keep_repeats_and_distinct_clips_packed(asr, repeated, 
     for r in results[0::2]:
         assert _norm(r.text) == _norm(SENTENCE), r.text
     assert sum(r.packed for r in results[0::2]) >= 3  # the repeats kept their shared window
-    assert asr.stats["retry_windows"] == before["retry_windows"]
     assert asr.stats["packed_clips"] - before["packed_clips"] >= 7
 
 
