@@ -172,6 +172,9 @@ class WhisperASR:
       spilled over a gap) keeps no transcript, its doubtful clips going to one-clip windows
       and the others packed again (see :meth:`_transcribe_packed`). A bad window never costs
       a clip its transcript, and a run whose windows keep failing stops trying most of them.
+      With ``pack_decode: anchored`` (the default) a failing window is instead decoded again
+      from its encoder output with each clip anchored at its own start timestamp
+      (:meth:`_decode_anchored`): repeated speech stays packed.
     - **One-clip windows**: each clip in its own window, batched like packed ones (the
       input ``transcribe`` gives it, decoded ``chunk_batch_size`` at a time), for the clips
       a packed window could not settle.
@@ -638,14 +641,14 @@ def words_in_clip(words: Any, span: tuple[float, float]) -> tuple[Word, ...]:
 
 
 def host_rows(encoded: Any) -> list[np.ndarray]:
-    """A CTranslate2 encoder output as one float32 host array per window: rows are picked
-    and repeated on the host (one per clip), and ``generate`` moves them to the device."""
+    """A CTranslate2 encoder output as one host array per window: rows are picked and
+    repeated on the host (one per clip), and ``generate`` moves them to the device."""
     import ctranslate2
 
-    if encoded.device != "cpu":
+    if encoded.device != "cpu":  # as faster-whisper hands encodings between GPUs
         encoded = encoded.to_device(ctranslate2.Device.cpu)
-    if encoded.dtype != ctranslate2.DataType.float32:
-        encoded = encoded.to(ctranslate2.DataType.float32)
+    if encoded.dtype not in (ctranslate2.DataType.float32, ctranslate2.DataType.float16):
+        encoded = encoded.to(ctranslate2.DataType.float32)  # numpy has no bfloat16
     return list(np.array(encoded, copy=True))
 
 
