@@ -130,6 +130,7 @@ class AsrConfig(_Strict):
     pack_window_s: float = Field(29.0, gt=0, le=29.5, description="packing: longest window (clips plus gaps), seconds")
     pack_gap_s: float = Field(1.0, ge=0.2, le=5.0, description="packing: silence between packed clips, seconds")
     pack_retry_splits: int = Field(1, ge=0, le=4, description="packing: how many times a window that fails Whisper's window gate (average log-probability) is split in halves and decoded again before its clips are decoded one per window")
+    pack_decode: Literal["anchored", "window"] = Field("anchored", description="packing: how a packed window is decoded. window: one decode of the whole window, words given back to clips by timestamp, a failing window's clips decoded again in one-clip windows. anchored: a window is decoded whole first, and one failing its checks is decoded again from the same encoding with each clip decoded from its own start timestamp (keeps repeated sentences packed); once whole decodes keep failing, anchored at once. Clips that need word timestamps (speech regions) are always decoded whole")
     language: Optional[str] = Field(None, description="spoken language code (e.g. en); null = detect per clip")
     beam_size: int = Field(5, ge=1, le=32, description="beam search width")
     vad_filter: bool = Field(True, description="Silero VAD removes silence before decoding")
@@ -148,7 +149,9 @@ class AsrConfig(_Strict):
             "vad_min_silence_ms": self.vad_min_silence_ms,
             "condition_on_previous_text": self.condition_on_previous_text,
             # A packed clip is decoded beside others, so packing is part of what made it.
-            "packing": [self.pack_window_s, self.pack_gap_s] if self.pack_clips else None,
+            # Anchored decoding gives a clip other text than a window decode; "window" keeps the old key.
+            "packing": ([self.pack_window_s, self.pack_gap_s] + ([self.pack_decode] if self.pack_decode != "window" else [])
+                        if self.pack_clips else None),
         }
 
     def config_hash(self) -> str:

@@ -29,6 +29,23 @@ RATE_BAND = (0.5, 1.8)
 # 0.7: four failures in a row take it from 1.0 to 0.24) and below the floor packing probes.
 PACK_HEALTH_DECAY = 0.7
 PACK_HEALTH_FLOOR = 0.3
+# Anchored decoding: Whisper's timestamp step (seconds), tokens allowed per second of clip
+# (speech runs at 3-5 tokens per second; the bound stops a decode that ran on into the
+# next clips), and how far a clip's last timestamp may reach past its end (into the gap).
+TIMESTAMP_STEP_S = 0.02
+ANCHOR_TOKENS_PER_S = 6.0
+ANCHOR_END_TOLERANCE_S = 0.3
+# Whisper often ends a short clip's text without its closing timestamp; a longer clip ending
+# so may have been cut short (its end unknown, the check for speech left uncovered cannot run).
+ANCHOR_OPEN_END_MAX_S = 8.0
+# Doubtful clips of anchored windows are packed again once with this many times the gap.
+ANCHOR_RETRY_GAP = 3.0
+# A clip with no 25-ms frame above this RMS (-50 dBFS) is silent: text decoded for it was
+# borrowed from the next clip.
+SILENT_RMS = 10 ** (-50 / 20)
+# An anchored decode's score averages its timestamp tokens in, which are less likely than
+# text: a right "Agent logged in." scores -1.0 to -1.4 there, so the gate is set lower.
+ANCHOR_LOGPROB_THRESHOLD = -1.5
 
 
 @dataclass(frozen=True)
@@ -155,6 +172,9 @@ class WhisperASR:
       spilled over a gap) keeps no transcript, its doubtful clips going to one-clip windows
       and the others packed again (see :meth:`_transcribe_packed`). A bad window never costs
       a clip its transcript, and a run whose windows keep failing stops trying most of them.
+      With ``pack_decode: anchored`` (the default) a failing window is instead decoded again
+      from its encoder output with each clip anchored at its own start timestamp
+      (:meth:`_decode_anchored`): repeated speech stays packed.
     - **One-clip windows**: each clip in its own window, batched like packed ones (the
       input ``transcribe`` gives it, decoded ``chunk_batch_size`` at a time), for the clips
       a packed window could not settle.
@@ -207,9 +227,11 @@ class WhisperASR:
         self.pack_window_s = min(cfg.pack_window_s, LONG_AUDIO_S - 0.5)
         self.pack_gap_s = cfg.pack_gap_s
         self.pack_retry_splits = cfg.pack_retry_splits
+        self.pack_decode = cfg.pack_decode
         # Clips per path (cumulative): the ASR stage reports them.
         self.stats = {"packed_clips": 0, "packed_windows": 0, "failed_windows": 0, "retry_windows": 0,
-                      "retried_clips": 0, "skipped_windows": 0, "single_clips": 0, "alone_clips": 0}
+                      "retried_clips": 0, "skipped_windows": 0, "anchored_windows": 0, "single_clips": 0,
+                      "alone_clips": 0}
         # Share of first-attempt windows that passed, decayed: below PACK_HEALTH_FLOOR (repeats
         # everywhere, every window failing) only one window of a group is tried packed.
         self.pack_health = 1.0
@@ -256,7 +278,7 @@ class WhisperASR:
             singles: list[int] = []
             for g in range(0, len(windows), self.chunk_batch_size):
                 group = windows[g:g + self.chunk_batch_size]
-                if self.pack_health < PACK_HEALTH_FLOOR:  # windows keep failing: one probe, the rest one per window
+                if self.pack_health < PACK_HEALTH_FLOOR and self.pack_decode == "window":  # keep failing: one probe, the rest alone
                     singles += [i for members in group[1:] for i in members]
                     self.stats["skipped_windows"] += len(group) - 1
                     group = group[:1]
@@ -305,9 +327,8 @@ class WhisperASR:
                     singles += members
                     continue
                 failed, doubtful, accepted, trusted = outcome
-                if first:  # how packing fares on this speech, remembered across batches
-                    ok = float(not failed and trusted)
-                    self.pack_health = PACK_HEALTH_DECAY * self.pack_health + (1 - PACK_HEALTH_DECAY) * ok
+                if first and not self._anchorable(members, want):  # how packing fares, remembered across batches
+                    self._health(not failed and trusted)
                 if not failed and trusted:
                     for i, res in accepted.items():
                         if i not in doubtful:
@@ -354,7 +375,81 @@ class WhisperASR:
                         ) -> list[Optional[tuple[bool, set[int], dict[int, ASRResult], bool]]]:
         """Decode windows in one batched call: per window, (failed the window gate, its doubtful
         clips, the results of its clips, whether its other clips can be trusted), or None for
-        every window when the call failed."""
+        every window when the call failed. With ``pack_decode: anchored``, packed windows whose
+        clips need no word timestamps are decoded as wholes while packing fares well, and a
+        window whose whole decode failed any check is decoded again anchored from the same
+        encoding (:meth:`_decode_anchored`, no second encoder pass); once windows keep failing
+        (the health score), they are decoded anchored at once."""
+        anchorable = [w for w, m in enumerate(windows) if self._anchorable(m, want)]
+        if not anchorable:
+            return self._decode_windows_whole(waveforms, windows, want)
+        out: list = [None] * len(windows)
+        direct = self.pack_health < PACK_HEALTH_FLOOR
+        whole = [w for w in range(len(windows)) if not (direct and w in set(anchorable))]
+        encodings: list[np.ndarray] = []
+        if whole:
+            for w, o in zip(whole, self._decode_windows_whole(waveforms, [windows[w] for w in whole], want,
+                                                              keep=encodings)):
+                out[w] = o
+        encoded = dict(zip(whole, encodings)) if len(encodings) == len(whole) else {}
+        again = [w for w in anchorable if w not in set(whole) or out[w] is None or out[w][0] or not out[w][3] or out[w][1]]
+        for w in anchorable:  # how whole-window decoding fares on this speech (a direct one predicts it)
+            if w in set(whole) and out[w] is not None:
+                passed = bool(not out[w][0] and out[w][3] and not out[w][1])
+                self._health(passed)
+                self.stats["failed_windows"] += int(not passed)
+        if again:
+            self.stats["anchored_windows"] += len(again)
+            redo = self._decode_anchored(waveforms, [windows[w] for w in again], [encoded.get(w) for w in again])
+            for w, o in zip(again, redo):
+                if w not in set(whole) and o is not None:  # would the whole decode have passed? repeats say no
+                    texts = [o[2][i].text if i in o[2] else "" for i in windows[w]]
+                    self._health(not any(repeats(normalize_text(a).split(), normalize_text(b).split())
+                                         for k, a in enumerate(texts) for b in texts[k + 1:]))
+                out[w] = o
+        self._retry_anchored(waveforms, [(windows[w], out[w]) for w in again if out[w] is not None])
+        return out
+
+    def _retry_anchored(self, waveforms: Sequence[np.ndarray],
+                        decoded: list[tuple[list[int], tuple[bool, set[int], dict[int, ASRResult], bool]]]) -> None:
+        """The doubtful clips of anchored windows, packed again with ``ANCHOR_RETRY_GAP``
+        times the gap and decoded anchored once more: most doubts are a decode that ran on
+        over a 1-s gap into the next clip (a repeat), which a wider gap stops, and a shared
+        window costs one encoder pass where one-clip windows cost one each. A clip that is
+        doubtful again stays doubtful (one-clip window next). Updates ``decoded`` in place."""
+        doubtful = sorted(i for _, o in decoded for i in o[1])
+        if len(doubtful) < 2:
+            return
+        gap_s = min(self.pack_gap_s * ANCHOR_RETRY_GAP, self.pack_window_s / 4)
+        windows, _ = plan_windows([len(waveforms[i]) / SAMPLE_RATE for i in doubtful], self.pack_window_s, gap_s)
+        windows = [[doubtful[k] for k in w] for w in windows if len(w) > 1]
+        if not windows:
+            return
+        self.stats["retry_windows"] += len(windows)
+        self.stats["retried_clips"] += sum(len(w) for w in windows)
+        settled: dict[int, ASRResult] = {}
+        for o in self._decode_anchored(waveforms, windows, gap_s=gap_s):
+            if o is not None:
+                settled.update({i: r for i, r in o[2].items() if i not in o[1]})
+        for _, (_, doubts, results, _) in decoded:
+            for i in [i for i in doubts if i in settled]:
+                doubts.discard(i)
+                results[i] = settled[i]
+
+    def _anchorable(self, members: list[int], want: Sequence[bool]) -> bool:
+        """A window that anchored decoding may take: packed, and no clip of it needs words."""
+        return self.pack_decode == "anchored" and len(members) > 1 and not any(want[i] for i in members)
+
+    def _health(self, ok: bool) -> None:
+        """One first-attempt window's outcome into the run's packing health (decayed)."""
+        self.pack_health = PACK_HEALTH_DECAY * self.pack_health + (1 - PACK_HEALTH_DECAY) * float(ok)
+
+    def _decode_windows_whole(self, waveforms: Sequence[np.ndarray], windows: list[list[int]], want: Sequence[bool],
+                              keep: Optional[list] = None) -> list[Optional[tuple[bool, set[int], dict[int, ASRResult], bool]]]:
+        """Each window decoded as a whole (faster-whisper's batched pipeline), its words given
+        back to their clips by timestamp; see :meth:`_decode_windows`. ``keep`` (a list)
+        receives each window's encoder output (host arrays, in window order) for an anchored
+        decode of the same windows."""
         gap = np.zeros(int(round(self.pack_gap_s * SAMPLE_RATE)), dtype=np.float32)
         pieces: list[np.ndarray] = []
         spans: dict[int, tuple[float, float]] = {}  # clip -> (start_s, end_s) in the packed audio
@@ -374,6 +469,15 @@ class WhisperASR:
             cursor += len(gap)
         audio = np.concatenate(pieces)
         shared = any(len(m) > 1 for m in windows)
+        if keep is not None:  # the pipeline encodes each batch of windows once, in order: keep what it made
+            encode = self.model.encode
+
+            def encode_and_keep(features: Any) -> Any:
+                out = encode(features)
+                keep.extend(host_rows(out))
+                return out
+
+            self.model.encode = encode_and_keep  # type: ignore[method-assign]
         try:
             segments, _ = self.pipeline.transcribe(
                 audio,
@@ -389,9 +493,14 @@ class WhisperASR:
         except Exception as exc:
             if is_device_failure(exc):
                 raise device_error("of packed windows", exc) from exc
+            if keep is not None:
+                keep.clear()
             # A window batch that fails is not a clip's failure: decode each clip alone, so
             # a clip that really is bad fails on its own and the others still transcribe.
             return [None] * len(windows)
+        finally:
+            if keep is not None:
+                del self.model.encode  # the class's method again
         # faster-whisper tags each segment with its window's start frame (``seek``).
         fps = self.model.frames_per_second
         seek_to_window = {int((s / SAMPLE_RATE) * fps): w for w, (s, _) in enumerate(bounds)}
@@ -399,6 +508,91 @@ class WhisperASR:
         for seg in segments:
             by_window.setdefault(seek_to_window.get(seg.seek, -1), []).append(seg)
         return [self._window_outcome(members, by_window.get(w, []), spans, want) for w, members in enumerate(windows)]
+
+    def _decode_anchored(self, waveforms: Sequence[np.ndarray], windows: list[list[int]],
+                         encodings: Optional[Sequence[Optional[np.ndarray]]] = None, gap_s: Optional[float] = None
+                         ) -> list[Optional[tuple[bool, set[int], dict[int, ASRResult], bool]]]:
+        """Packed windows encoded once, each clip decoded from its own start timestamp.
+
+        A whole-window decode sees every clip's text before the next one, and Whisper's
+        language model drops or merges a sentence that repeats one it has just written. Here
+        each window goes through the encoder once (the costly half on a CPU), and each of its
+        clips is decoded on its own from that encoder output, with the clip's start as a
+        forced first timestamp token and no earlier text: nothing to repeat, so repeats are
+        kept, and each clip's text is its own (no word attribution). A clip's decode stops at
+        the first segment starting at or after its end; the checks of :func:`anchored_doubts`
+        send a clip that ran on, looped or left speech uncovered to a one-clip window. The
+        clips are independent: one doubtful clip casts no doubt on its neighbours.
+        ``encodings[w]``: window ``w``'s encoder output when a whole decode already made it;
+        ``gap_s``: the silence between clips (``pack_gap_s`` unless given).
+        """
+        from faster_whisper.audio import pad_or_trim
+        from faster_whisper.tokenizer import Tokenizer
+        from faster_whisper.transcribe import get_ctranslate2_storage
+
+        tokenizer = Tokenizer(self.model.hf_tokenizer, self.model.model.is_multilingual, task="transcribe",
+                              language=self.pack_language)
+        ts0 = tokenizer.timestamp_begin
+        gap_s = self.pack_gap_s if gap_s is None else gap_s
+        gap = np.zeros(int(round(gap_s * SAMPLE_RATE)), dtype=np.float32)
+        out: list[Optional[tuple[bool, set[int], dict[int, ASRResult], bool]]] = []
+        for g in range(0, len(windows), self.chunk_batch_size):
+            group = windows[g:g + self.chunk_batch_size]
+            known = list(encodings[g:g + self.chunk_batch_size]) if encodings is not None else [None] * len(group)
+            audios, spans = [], {}
+            for members in group:
+                pieces, cursor = [], 0
+                for k, i in enumerate(members):
+                    if k:
+                        pieces.append(gap)
+                        cursor += len(gap)
+                    pieces.append(np.asarray(waveforms[i], dtype=np.float32))
+                    spans[i] = (cursor / SAMPLE_RATE, (cursor + len(waveforms[i])) / SAMPLE_RATE)
+                    cursor += len(waveforms[i])
+                audios.append(np.concatenate(pieces))
+            clips = [i for members in group for i in members]
+            row_of = {i: w for w, members in enumerate(group) for i in members}
+            try:
+                todo = [w for w, e in enumerate(known) if e is None]
+                if todo:
+                    features = np.stack([pad_or_trim(self.model.feature_extractor(audios[w])[..., :-1]) for w in todo])
+                    for w, row in zip(todo, host_rows(self.model.encode(features))):
+                        known[w] = row
+                encoded = np.stack(known)
+                results, budget = {}, {}
+                for bucket in token_buckets({i: anchor_budget(spans[i][1] - spans[i][0]) for i in clips}):
+                    prompts = [list(tokenizer.sot_sequence) + [ts0 + int(round(spans[i][0] / TIMESTAMP_STEP_S))]
+                               for i in bucket]
+                    most = anchor_budget(max(spans[i][1] - spans[i][0] for i in bucket))
+                    got = self.model.model.generate(
+                        get_ctranslate2_storage(encoded[[row_of[i] for i in bucket]]), prompts,
+                        beam_size=self.beam_size, max_length=len(prompts[0]) + most,
+                        return_scores=True, return_no_speech_prob=True, max_initial_timestamp_index=1500)
+                    results.update(zip(bucket, got))
+                    budget.update((i, most) for i in bucket)
+            except Exception as exc:
+                if is_device_failure(exc):
+                    raise device_error("of packed windows", exc) from exc
+                out += [None] * len(group)
+                continue
+            decoded: dict[int, tuple[str, Optional[float], float, float, bool]] = {}
+            for i, res in results.items():
+                ids = res.sequences_ids[0]  # the forced start timestamp, then what was generated
+                text_ids, end = clip_tokens(ids, ts0, spans[i][1] + gap_s / 2)
+                open_end = end is None
+                if open_end and len(ids) - 1 < budget[i] - 1 and spans[i][1] - spans[i][0] <= ANCHOR_OPEN_END_MAX_S:
+                    end = spans[i][1]  # a short clip's text ended before the bound without a closing timestamp
+                decoded[i] = (tokenizer.decode(text_ids).strip(), end, float(res.scores[0]), float(res.no_speech_prob),
+                              open_end)
+            for members in group:
+                texts = [decoded[i][0] for i in members]
+                doubts = anchored_doubts(texts, [decoded[i][1] for i in members], [decoded[i][4] for i in members],
+                                         [spans[i] for i in members], [waveforms[i] for i in members], gap_s)
+                doubts |= {k for k, i in enumerate(members) if decoded[i][2] < ANCHOR_LOGPROB_THRESHOLD}
+                results_w = {i: ASRResult(decoded[i][0], self.pack_language, 1.0, decoded[i][2], decoded[i][3], 1, packed=True)
+                             for k, i in enumerate(members) if k not in doubts}
+                out.append((False, {members[k] for k in doubts}, results_w, True))
+        return out
 
     def _window_outcome(self, members: list[int], segs: list, spans: dict[int, tuple[float, float]],
                         want: Sequence[bool]) -> tuple[bool, set[int], dict[int, ASRResult], bool]:
@@ -446,6 +640,141 @@ def words_in_clip(words: Any, span: tuple[float, float]) -> tuple[Word, ...]:
                       wd.word, float(wd.probability), float(no_speech)) for wd, no_speech in words)
 
 
+def host_rows(encoded: Any) -> list[np.ndarray]:
+    """A CTranslate2 encoder output as one host array per window: rows are picked and
+    repeated on the host (one per clip), and ``generate`` moves them to the device."""
+    import ctranslate2
+
+    if encoded.device != "cpu":  # as faster-whisper hands encodings between GPUs
+        encoded = encoded.to_device(ctranslate2.Device.cpu)
+    if encoded.dtype not in (ctranslate2.DataType.float32, ctranslate2.DataType.float16):
+        encoded = encoded.to(ctranslate2.DataType.float32)  # numpy has no bfloat16
+    return list(np.array(encoded, copy=True))
+
+
+def anchor_budget(duration_s: float) -> int:
+    """Tokens an anchored decode may generate for a clip of ``duration_s``: a decode does not
+    stop at its clip's end (it runs on into the next clips until this bound), so the bound is
+    most of its cost; speech takes 3-5 tokens a second, timestamps two per sentence."""
+    return int(math.ceil(duration_s * ANCHOR_TOKENS_PER_S)) + 8
+
+
+def token_buckets(budgets: dict[int, int], spread: float = 1.3) -> list[list[int]]:
+    """Clips grouped for one ``generate`` call each (one ``max_length`` per call): sorted by
+    budget, a new group when the budget exceeds ``spread`` times the group's smallest, so a
+    short clip is not decoded to a long clip's bound."""
+    groups: list[list[int]] = []
+    first = 0
+    for i in sorted(budgets, key=lambda k: (budgets[k], k)):
+        if not groups or budgets[i] > spread * first:
+            groups.append([])
+            first = budgets[i]
+        groups[-1].append(i)
+    return groups
+
+
+def clip_tokens(ids: Sequence[int], timestamp_begin: int, cut_s: float) -> tuple[list[int], Optional[float]]:
+    """The text tokens of one anchored decode that belong to its clip, and the clip's last
+    timestamp (seconds in the window; None when the decode ended inside a segment: out of
+    tokens, or Whisper's end of text without a closing timestamp).
+
+    ``ids`` start with the forced start timestamp; segments follow as
+    ``<|start|> text <|end|>``. Segments starting before ``cut_s`` (the middle of the gap
+    after the clip: predicted timestamps drift by a few tenths) are the clip's (a clip of
+    two sentences is two segments); the first one starting at or after it is the next
+    clip's speech, and the decode is cut there."""
+    k = 0
+    while k < len(ids) and ids[k] >= timestamp_begin:
+        k += 1  # the forced start (CTranslate2 returns the prompt's timestamp with the result)
+    text: list[int] = []
+    seg: list[int] = []
+    end: Optional[float] = None
+    in_segment = True
+    for t in ids[k:]:
+        if t >= timestamp_begin:
+            ts = (t - timestamp_begin) * TIMESTAMP_STEP_S
+            if in_segment:
+                end, text, seg, in_segment = ts, text + seg, [], False
+            elif ts >= cut_s:
+                return text, end
+            else:
+                in_segment = True
+        else:
+            in_segment = True
+            seg.append(t)
+    if seg:  # ended inside a segment: out of tokens (the clip never ended), or end of text
+        return text + seg, None
+    return text, end
+
+
+def frame_rms(waveform: np.ndarray) -> np.ndarray:
+    """RMS of 25-ms frames every 10 ms."""
+    x = np.asarray(waveform, dtype=np.float64)
+    width = SAMPLE_RATE // 40
+    if len(x) < width:
+        return np.zeros(0)
+    return np.sqrt(np.maximum(np.convolve(x ** 2, np.ones(width) / width, mode="valid")[::SAMPLE_RATE // 100], 0.0))
+
+
+def speech_after(waveform: np.ndarray, after_s: float, floor: float = 0.15) -> bool:
+    """Whether a clip has speech after ``after_s`` seconds: a 25-ms frame whose RMS is at
+    least ``floor`` times the clip's loudest frame's (an anchored decode that stopped short)."""
+    rms = frame_rms(waveform)
+    tail = rms[int(max(after_s, 0.0) * 100):]
+    return bool(len(tail)) and float(tail.max()) >= floor * float(rms.max())
+
+
+def silent(waveform: np.ndarray, floor: float = SILENT_RMS) -> bool:
+    """No frame of the clip reaches ``floor`` RMS (-50 dBFS): nothing a decode could hear."""
+    rms = frame_rms(waveform)
+    return not len(rms) or float(rms.max()) < floor
+
+
+def anchored_doubts(texts: Sequence[str], ends: Sequence[Optional[float]], open_ends: Sequence[bool],
+                    spans: Sequence[tuple[float, float]], waveforms: Sequence[np.ndarray], gap_s: float) -> set[int]:
+    """The clips of one anchored window (indices) whose own decode cannot be trusted:
+
+    - the decode ran out of tokens inside a segment (a loop, or it ran on into the next
+      clips without a timestamp), or its last timestamp lies past the clip's gap;
+    - speech is left in the clip after its last timestamp (the decode stopped short);
+    - text for a silent clip (:func:`silent`): the next clip's speech, decoded from here;
+    - its text ended without a closing timestamp and says three words twice
+      (:func:`says_twice`), or ends with the words the next clip's text starts with: a
+      decode that ran on into the next clip;
+    - the checks of :func:`doubtful_clips` but the repeat check: no text, text that
+      compresses like a loop, a speaking rate unlike the window's. Clips are decoded one
+      by one here, so two clips saying the same is what repeated speech looks like.
+    """
+    bad = doubtful_clips(texts, [e - s for s, e in spans], repeat_similarity=None)
+    words = [normalize_text(t).split() for t in texts]
+    bad.update(k for k, w in enumerate(words) if open_ends[k] and says_twice(w))
+    bad.update(k for k in range(len(words) - 1) if open_ends[k] and runs_into(words[k], words[k + 1]))
+    for k, (end, (s, e)) in enumerate(zip(ends, spans)):
+        if end is None or end > e + gap_s + ANCHOR_END_TOLERANCE_S:
+            bad.add(k)
+        elif texts[k] and speech_after(waveforms[k], end - s + ANCHOR_END_TOLERANCE_S):
+            bad.add(k)
+        if texts[k] and silent(waveforms[k]):
+            bad.add(k)
+    return bad
+
+
+def runs_into(words: Sequence[str], following: Sequence[str]) -> bool:
+    """Whether ``words`` end with the first word(s) of ``following`` (the next clip's text)."""
+    return any(list(words[-j:]) == list(following[:j]) for j in range(1, min(len(words), len(following)) + 1))
+
+
+def says_twice(words: Sequence[str], n: int = 3) -> bool:
+    """Whether a word sequence holds the same ``n`` words twice (a clip's own text)."""
+    seen: set[tuple[str, ...]] = set()
+    for k in range(len(words) - n + 1):
+        gram = tuple(words[k:k + n])
+        if gram in seen:
+            return True
+        seen.add(gram)
+    return False
+
+
 def repeats(a: Sequence[str], b: Sequence[str], similarity: float = 0.75) -> bool:
     """Two word sequences that say (nearly) the same: similar as sequences (difflib's ratio),
     or the shorter one, two words or more, inside the longer."""
@@ -457,7 +786,7 @@ def repeats(a: Sequence[str], b: Sequence[str], similarity: float = 0.75) -> boo
     return len(short) >= 2 and any(list(long_[k:k + len(short)]) == list(short) for k in range(len(long_) - len(short) + 1))
 
 
-def doubtful_clips(texts: Sequence[str], durations: Sequence[float], *, repeat_similarity: float = 0.75,
+def doubtful_clips(texts: Sequence[str], durations: Sequence[float], *, repeat_similarity: Optional[float] = 0.75,
                    rate_band: tuple[float, float] = RATE_BAND) -> set[int]:
     """The clips of one packed window whose attributed text cannot be trusted (indices).
 
@@ -468,7 +797,8 @@ def doubtful_clips(texts: Sequence[str], durations: Sequence[float], *, repeat_s
     - no text at all (silence is for a decode of its own to say);
     - text that compresses like a loop (Whisper's compression ratio, per clip: a window of
       correct repeats fails it as a whole);
-    - two clips saying nearly the same (:func:`repeats`): the repeats Whisper mishandles;
+    - two clips saying nearly the same (:func:`repeats`): the repeats Whisper mishandles
+      (``repeat_similarity=None``: not checked);
     - a speaking rate (characters per second of clip) outside ``rate_band`` times the
       window's median: half a sentence moved out, or a neighbour's sentence moved in.
     """
@@ -477,7 +807,7 @@ def doubtful_clips(texts: Sequence[str], durations: Sequence[float], *, repeat_s
     for k, t in enumerate(texts):
         if not words[k] or compression_ratio(t) > COMPRESSION_RATIO_THRESHOLD:
             bad.add(k)
-    for a in range(len(texts)):
+    for a in range(len(texts) if repeat_similarity is not None else 0):
         for b in range(a + 1, len(texts)):
             if repeats(words[a], words[b], repeat_similarity):
                 bad.update((a, b))

