@@ -151,9 +151,11 @@ def execute(cfg: LabelConfig, plan: RunPlan, run_id: str, todo: Any) -> tuple[di
     cached = cached_rows(cfg, todo, ctx)
     if cached is not None and cached.any():
         # files unchanged and transcribed before: a pass of their own, in large blocks that
-        # each stage takes whole (no audio is opened, so a row costs microseconds per stage)
-        passes.append(_pass(cfg, plan, run_id, todo.filter(pa.array(cached)), ctx, blocked=True))
-        todo = todo.filter(pa.array(~cached))
+        # each stage takes whole (no audio is opened, so a row costs microseconds per stage);
+        # on a night with nothing new that is every row, and the listing is not copied
+        every = bool(cached.all())
+        passes.append(_pass(cfg, plan, run_id, todo if every else todo.filter(pa.array(cached)), ctx, blocked=True))
+        todo = todo.slice(0, 0) if every else todo.filter(pa.array(~cached))
     if todo.num_rows:
         passes.append(_pass(cfg, plan, run_id, todo, ctx))
     deferred = [u for _, side in passes for u in side.pop("deferred", [])]

@@ -36,6 +36,7 @@ import stat as _stat
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from labeler.errors import InputError
 from labeler.io import filesystem, is_local, local_path, redact
@@ -58,7 +59,7 @@ INPUT_SCHEMA = pa.schema(
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a listing holds one per file
 class _Item:
     utt_id: str
     uri: str
@@ -342,6 +343,21 @@ def _manifest_row_check(uri: str) -> tuple[str | None, int | None, str | None]:
 
 
 def _dedupe(items: list[_Item]) -> pa.Table:
+    """The listing as a table; a row whose URI or ``utt_id`` an earlier row has becomes an
+    error row with a ``#dup<k>`` id. A folder or a glob lists each URI once and rarely two
+    files with one id, so that common case is checked with Arrow first, without the
+    per-row bookkeeping."""
+    ids = pa.array([it.utt_id for it in items], pa.string())
+    uris = pa.array([it.uri for it in items], pa.string())
+    if len(pc.unique(ids)) == len(items) and len(pc.unique(uris)) == len(items):
+        return pa.table(
+            {"utt_id": ids, "uri": uris, "source_row": pa.array(range(len(items)), pa.int64()),
+             "error": pa.array([it.error for it in items], pa.string()),
+             "source_size": pa.array([it.size for it in items], pa.int64()),
+             "source_version": pa.array([it.version for it in items], pa.string())},
+            schema=INPUT_SCHEMA,
+        )
+    del ids, uris
     first_by_uri: dict[str, str] = {}
     first_by_id: dict[str, int] = {}
     dup_count: dict[str, int] = {}
