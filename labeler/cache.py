@@ -5,8 +5,9 @@
 - **Scores** (``scores/``): keyed by (scorer key, transcript text, hypothesis text). A new
   taxonomy that shares labels with an old one scores only the new pairs.
 
-Both are loaded once on the driver into sorted ``uint64`` key arrays (binary search, 12-20
-bytes per entry) and shared with the workers through Ray's object store.
+Both are built once per run by a Ray task (:func:`labeler.runs.load_caches`; the driver holds
+only an object ref) into sorted ``uint64`` key arrays (binary search, 12-20 bytes per entry)
+and shared with the workers through Ray's object store. Lookups take a block of keys at once.
 """
 
 from __future__ import annotations
@@ -143,11 +144,6 @@ class TranscriptCache:
         counts = stops - starts
         take = np.repeat(starts - np.r_[0, np.cumsum(counts)[:-1]], counts) + np.arange(int(counts.sum()))
         return self.table.take(pa.array(take, pa.int64())), counts
-
-    def get(self, audio_sha256: str, asr_config_hash: str) -> Optional[list[dict]]:
-        """The file's utterances (in order) with their transcripts under those settings, or None."""
-        i = int(self.find([audio_sha256], asr_config_hash)[0])
-        return None if i < 0 else self.rows(np.array([i]))[0].to_pylist()
 
 
 def cached_groups(cache: Optional[TranscriptCache], shas: Sequence[str], whole_hash: str, segmented_hash: str,

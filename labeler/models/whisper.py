@@ -456,17 +456,11 @@ class WhisperASR:
         bounds: list[tuple[int, int]] = []  # window -> (start, end) samples
         cursor = 0
         for members in windows:
-            w_start = cursor
-            for k, i in enumerate(members):
-                if k:
-                    pieces.append(gap)
-                    cursor += len(gap)
-                pieces.append(np.asarray(waveforms[i], dtype=np.float32))
-                spans[i] = (cursor / SAMPLE_RATE, (cursor + len(waveforms[i])) / SAMPLE_RATE)
-                cursor += len(waveforms[i])
-            bounds.append((w_start, cursor))
-            pieces.append(gap)  # windows never touch: a window's last frames are its own
-            cursor += len(gap)
+            window, at = lay_out(waveforms, members, gap)
+            spans.update({i: ((cursor + a) / SAMPLE_RATE, (cursor + b) / SAMPLE_RATE) for i, (a, b) in at.items()})
+            bounds.append((cursor, cursor + len(window)))
+            pieces += [window, gap]  # windows never touch: a window's last frames are its own
+            cursor += len(window) + len(gap)
         audio = np.concatenate(pieces)
         shared = any(len(m) > 1 for m in windows)
         if keep is not None:  # the pipeline encodes each batch of windows once, in order: keep what it made
@@ -541,15 +535,9 @@ class WhisperASR:
             known = list(encodings[g:g + self.chunk_batch_size]) if encodings is not None else [None] * len(group)
             audios, spans = [], {}
             for members in group:
-                pieces, cursor = [], 0
-                for k, i in enumerate(members):
-                    if k:
-                        pieces.append(gap)
-                        cursor += len(gap)
-                    pieces.append(np.asarray(waveforms[i], dtype=np.float32))
-                    spans[i] = (cursor / SAMPLE_RATE, (cursor + len(waveforms[i])) / SAMPLE_RATE)
-                    cursor += len(waveforms[i])
-                audios.append(np.concatenate(pieces))
+                window, at = lay_out(waveforms, members, gap)
+                audios.append(window)
+                spans.update({i: (a / SAMPLE_RATE, b / SAMPLE_RATE) for i, (a, b) in at.items()})
             clips = [i for members in group for i in members]
             row_of = {i: w for w, members in enumerate(group) for i in members}
             try:
@@ -630,6 +618,22 @@ class WhisperASR:
             clip_words = words_in_clip(((wd, no_speech) for wd in mine), spans[i]) if want[i] else None
             results[i] = ASRResult(texts[k], self.pack_language, 1.0, logp, no_speech, 1, packed=True, words=clip_words)
         return False, {members[k] for k in doubtful}, results, trusted
+
+
+def lay_out(waveforms: Sequence[np.ndarray], members: Sequence[int], gap: np.ndarray) -> tuple[np.ndarray, dict[int, tuple[int, int]]]:
+    """One packed window: its clips in order with ``gap`` between them, and each clip's
+    (start, end) sample in it."""
+    pieces: list[np.ndarray] = []
+    at: dict[int, tuple[int, int]] = {}
+    cursor = 0
+    for k, i in enumerate(members):
+        if k:
+            pieces.append(gap)
+            cursor += len(gap)
+        pieces.append(np.asarray(waveforms[i], dtype=np.float32))
+        at[i] = (cursor, cursor + len(waveforms[i]))
+        cursor += len(waveforms[i])
+    return np.concatenate(pieces), at
 
 
 def words_in_clip(words: Any, span: tuple[float, float]) -> tuple[Word, ...]:
