@@ -19,6 +19,9 @@ the demo config (``labeler/configs/demo.yaml``: Whisper tiny.en int8, embedding 
 3. **before, 1% new**: ``N * new_fraction`` new files added, ``cache.rehash: true``;
 4. **after, 1% new**: another ``N * new_fraction`` new files added, incremental.
 
+Between runs 2 and 3, run 2 again with the caches built and looked up in ``--shards``
+shards (``cache.shards``; default 8): what sharding costs a night with nothing new.
+
 Runs 3 and 4 transcribe and score their new files for real. Per run: wall seconds of the
 run (from ``run_labeling`` called to the manifest written; Ray's own start-up excluded,
 actor start-up and model loading included), rows per second, the driver's peak RSS
@@ -144,7 +147,7 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def one(corpus: str, out: str, rehash: bool) -> dict:
+def one(corpus: str, out: str, rehash: bool, shards: int | None = None) -> dict:
     """One label run in this (fresh) process: the driver."""
     import ray
 
@@ -171,6 +174,8 @@ def one(corpus: str, out: str, rehash: bool) -> dict:
     over = {"input": corpus, "output": out, "ray.progress": False}
     if rehash:
         over["cache.rehash"] = True
+    if shards:
+        over["cache.shards"] = shards
     cfg = load_config(CONFIG, over)
     base = rss_mib()
     t0 = time.perf_counter()
@@ -185,21 +190,22 @@ def one(corpus: str, out: str, rehash: bool) -> dict:
         "object_store_peak_mib": round(peak["store"] / 2**20, 1),
         "audio_files_read": m["audio_files_read"], "sources_skipped_by_metadata": c.get("sources_skipped_by_metadata"),
         "transcribed": m["cache"].get("transcribed", 0), "transcripts_from_cache": m["cache"].get("transcripts_from_cache", 0),
-        "stage_busy_seconds": m["stage_busy_seconds"], "status": c["status"],
+        "stage_busy_seconds": m["stage_busy_seconds"], "status": c["status"], "cache_sizes": m["cache_sizes"],
     }
 
 
-def run_one(corpus: str, out: str, rehash: bool) -> dict:
+def run_one(corpus: str, out: str, rehash: bool, shards: int | None = None) -> dict:
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run([sys.executable, "-m", "bench.scale", "--one", corpus, "--out", out] + (["--rehash"] if rehash else []),
+    proc = subprocess.run([sys.executable, "-m", "bench.scale", "--one", corpus, "--out", out] + (["--rehash"] if rehash else [])
+                          + ([f"--shards={shards}"] if shards else []),
                           capture_output=True, text=True, cwd=REPO, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"run failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def measure(n: int, new: int, work: str, partial: str | None = None) -> dict:
+def measure(n: int, new: int, work: str, partial: str | None = None, shards: int = 0) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -217,13 +223,15 @@ def measure(n: int, new: int, work: str, partial: str | None = None) -> dict:
     warm_cache(out, paths, load_config(CONFIG, {}))
     runs = {}
     print(f"N={n}: corpus and warm cache ready", file=sys.stderr, flush=True)
-    plan = [("before_no_new", None, True), ("after_no_new", None, False)]
+    plan = [("before_no_new", None, True, None), ("after_no_new", None, False, None)]
+    if shards:  # the same night with the caches built and looked up in shards
+        plan += [(f"after_no_new_{shards}_shards", None, False, shards)]
     if new:  # --new-fraction 0: the nothing-new nights only
-        plan += [("before_1pct_new", range(n, n + new), True), ("after_1pct_new", range(n + new, n + 2 * new), False)]
-    for name, add, rehash in plan:
+        plan += [("before_1pct_new", range(n, n + new), True, None), ("after_1pct_new", range(n + new, n + 2 * new), False, None)]
+    for name, add, rehash, k in plan:
         if add is not None:
             link_corpus(pool, corpus, add)
-        runs[name] = run_one(corpus, out, rehash)
+        runs[name] = run_one(corpus, out, rehash, k)
         print(f"N={n} {name}: {runs[name]['wall_s']} s, {runs[name]['audio_files_read']} files read, "
               f"driver peak {runs[name]['driver_peak_rss_mib']} MiB", file=sys.stderr, flush=True)
         if partial:  # what is measured so far survives an interrupted bench
@@ -241,19 +249,22 @@ def main(argv=None) -> int:
     p.add_argument("--new-fraction", type=float, default=0.01, help="share of new files in a night (default 0.01; 0: nothing-new nights only)")
     p.add_argument("--work", default="/tmp/lanser-bench-scale", help="where corpora and output roots are built")
     p.add_argument("--json", default="bench/out/scale.json", help="where to write the figures")
+    p.add_argument("--shards", type=int, default=None, help="also run the nothing-new night with the caches in this many shards "
+                   "(cache.shards; default 8, 0: not)")
     p.add_argument("--one", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     p.add_argument("--rehash", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.one:
-        print(json.dumps(one(a.one, a.out, a.rehash)))
+        print(json.dumps(one(a.one, a.out, a.rehash, a.shards)))
         return 0
     sizes = sorted(int(s) for s in a.sizes.split(","))
     os.makedirs(os.path.dirname(a.json) or ".", exist_ok=True)
     partial = a.json + ".runs.jsonl"
     if os.path.exists(partial):
         os.remove(partial)
-    results = [measure(n, max(1, int(n * a.new_fraction)) if a.new_fraction > 0 else 0, a.work, partial) for n in sizes]
+    shards = 8 if a.shards is None else a.shards
+    results = [measure(n, max(1, int(n * a.new_fraction)) if a.new_fraction > 0 else 0, a.work, partial, shards) for n in sizes]
     lo, hi = results[0], results[-1]
     slopes = {}
     for k in lo["runs"]:

@@ -5,14 +5,19 @@
 - **Scores** (``scores/``): keyed by (scorer key, transcript text, hypothesis text). A new
   taxonomy that shares labels with an old one scores only the new pairs.
 
-Both are built once per run by a Ray task (:func:`labeler.runs.load_caches`; the driver holds
-only an object ref) into sorted ``uint64`` key arrays (binary search, 12-20 bytes per entry)
-and shared with the workers through Ray's object store. Lookups take a block of keys at once.
+Each is built once per run by Ray tasks (:func:`labeler.runs.load_caches`; the driver holds
+only object refs) into sorted ``uint64`` key arrays (binary search, 12-20 bytes per entry)
+kept in Ray's object store. A large cache is built and looked up in **shards** by the sha256
+its rows are keyed by (the audio's, the transcript text's; :func:`shard_of`): map tasks
+split the table's files by shard, one task per shard builds it, and a stage fetches only
+the shards its rows fall in (:class:`Shards`), so no task reads, and no worker maps, the
+whole cache. Lookups take a block of keys at once.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional, Sequence
 
@@ -49,19 +54,82 @@ def _lookup(keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     return np.where(keys[pos] == wanted, pos, -1)
 
 
-def _read_table(root: str, sub: str, columns: list[str], filter_expr, schema: Optional[pa.Schema] = None) -> Optional[pa.Table]:
-    """Rows of one of the root's tables; with ``schema``, files written before a column was
-    added read it as null."""
+def _read_table(root: str, sub: str, columns: list[str], filter_expr, schema: Optional[pa.Schema] = None,
+                files: Optional[Sequence[str]] = None) -> Optional[pa.Table]:
+    """Rows of one of the root's tables (only the given ``files`` of it, when given); with
+    ``schema``, files written before a column was added read it as null."""
     import pyarrow.dataset as pads
     import pyarrow.fs as pafs
 
     fs, path = filesystem(join(root, sub))
+    if files is not None:
+        if not files:
+            return None
+        ds = pads.dataset(list(files), filesystem=fs, format="parquet", partitioning="hive", partition_base_dir=path,
+                          exclude_invalid_files=False, schema=schema)
+        return ds.to_table(columns=columns, filter=filter_expr)
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         return None
     ds = pads.dataset(path, filesystem=fs, format="parquet", partitioning="hive", exclude_invalid_files=False, schema=schema)
     if not ds.files:
         return None
     return ds.to_table(columns=columns, filter=filter_expr)
+
+
+def table_files(root: str, sub: str) -> list[tuple[str, int]]:
+    """(path, bytes) of every Parquet file of one of the root's tables, in path order (a
+    listing: no file is opened). ``.tmp`` files being written are not part of it."""
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(join(root, sub))
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    return sorted((i.path, int(i.size or 0)) for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
+
+
+_HEX = np.zeros(256, np.uint64)
+_HEX[np.frombuffer(b"0123456789", np.uint8)] = np.arange(10, dtype=np.uint64)
+_HEX[np.frombuffer(b"abcdef", np.uint8)] = np.arange(10, 16, dtype=np.uint64)
+_HEX[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16, dtype=np.uint64)
+_DIGITS = 15  # 60 bits of the digest
+
+
+def shard_of(digests: Any, k: int) -> np.ndarray:
+    """The shard (``0..k-1``, ``k`` at most 32,767) of each sha256 hex digest (a list, or an
+    Arrow array; null and non-hex characters count as ``0``): its first 15 hex digits modulo ``k``. As uniform as
+    sha256 is, and the same in the tasks that build a cache and the stages that look it up."""
+    n = len(digests)
+    if k <= 1 or n == 0:
+        return np.zeros(n, np.int16)
+    raw = None
+    if isinstance(digests, (pa.Array, pa.ChunkedArray)):
+        head = pc.utf8_rpad(pc.utf8_slice_codeunits(digests.fill_null(""), 0, _DIGITS), _DIGITS, "0")
+        head = head.combine_chunks() if isinstance(head, pa.ChunkedArray) else head
+        offsets = np.frombuffer(head.buffers()[1], np.int32)[head.offset:head.offset + n + 1]
+        if np.all(np.diff(offsets) == _DIGITS):  # ASCII, as hex digests are: fixed width
+            raw = np.frombuffer(head.buffers()[2], np.uint8)[offsets[0]:offsets[0] + _DIGITS * n].reshape(n, _DIGITS)
+        else:
+            digests = digests.to_pylist()
+    if raw is None:
+        raw = np.frombuffer(b"".join((d or "").encode("utf-8")[:_DIGITS].ljust(_DIGITS, b"0") for d in digests),
+                            np.uint8).reshape(n, _DIGITS)
+    shifts = np.uint64(4) * np.arange(_DIGITS - 1, -1, -1, dtype=np.uint64)
+    out = np.empty(n, np.int16)  # k <= MAX_SHARDS; computed a slice at a time, so a listing's worth costs 2 B a row
+    for i in range(0, n, 1 << 16):
+        value = (_HEX[raw[i:i + (1 << 16)]] << shifts).sum(axis=1, dtype=np.uint64)
+        out[i:i + len(value)] = value % np.uint64(k)
+    return out
+
+
+def split_by_shard(t: Optional[pa.Table], column: str, k: int) -> list[Optional[pa.Table]]:
+    """``t``'s rows in ``k`` tables by :func:`shard_of` their ``column`` (None where a shard
+    gets no row): the map side of a sharded cache build."""
+    if t is None or t.num_rows == 0:
+        return [None] * k
+    shard = shard_of(t.column(column), k)
+    order = np.argsort(shard, kind="stable")
+    bounds = np.searchsorted(shard[order], np.arange(k + 1))
+    t = t.take(pa.array(order, pa.int64()))
+    return [t.slice(bounds[j], bounds[j + 1] - bounds[j]) if bounds[j + 1] > bounds[j] else None for j in range(k)]
 
 
 @dataclass
@@ -84,15 +152,27 @@ class TranscriptCache:
                    S.TRANSCRIPTS_FILE_SCHEMA.empty_table().select([*TRANSCRIPT_COLUMNS, "asr_config_hash"]))
 
     @classmethod
-    def load(cls, root: str, asr_config_hashes: Iterable[str]) -> "TranscriptCache":
+    def load(cls, root: str, asr_config_hashes: Iterable[str], files: Optional[Sequence[str]] = None) -> "TranscriptCache":
         """The transcripts made with any of the given settings (a run looks up two: files
         transcribed whole, and segmented recordings)."""
+        return cls.from_rows(cls.read(root, asr_config_hashes, files))
+
+    @staticmethod
+    def read(root: str, asr_config_hashes: Iterable[str], files: Optional[Sequence[str]] = None) -> Optional[pa.Table]:
+        """The stored transcript rows made with any of the given settings (of the given
+        ``files`` of the table only, when given): what :meth:`from_rows` builds a cache of."""
         import pyarrow.dataset as pads
 
         hashes = pa.array(sorted(set(asr_config_hashes)), pa.string())
         f = pads.field("asr_config_hash").isin(hashes) & pads.field("error").is_null() & pads.field("text").is_valid()
+        return _read_table(root, "transcripts", [*TRANSCRIPT_COLUMNS, "asr_config_hash", "created_at"], f,
+                           schema=S.TRANSCRIPTS_SCHEMA, files=files)
+
+    @classmethod
+    def from_rows(cls, t: Optional[pa.Table]) -> "TranscriptCache":
+        """The cache of the rows :meth:`read` gives (all of each file's rows: a shard holds
+        every row of the audio it holds)."""
         cols = [*TRANSCRIPT_COLUMNS, "asr_config_hash"]
-        t = _read_table(root, "transcripts", [*cols, "created_at"], f, schema=S.TRANSCRIPTS_SCHEMA)
         if t is None or t.num_rows == 0:
             return cls.empty()
         # newest transcription per (file, settings) wins, kept whole (its utterances share created_at)
@@ -146,6 +226,98 @@ class TranscriptCache:
         return self.table.take(pa.array(take, pa.int64())), counts
 
 
+class Shards:
+    """A cache in ``k`` shards by the sha256 its entries are keyed by (:func:`shard_of`): each
+    part a cache, an ObjectRef to one (built by a Ray task, kept in the object store of the
+    node that built it), or None when that shard is empty. A stage fetches only the shards
+    its rows fall in and holds the last ``keep`` of them, so a worker never maps the whole of
+    a large cache, and the object store may drop its copy of a shard no one holds."""
+
+    def __init__(self, parts: Sequence[Any], size: int, keep: int = 2) -> None:
+        self.parts, self.size, self.keep = tuple(parts), int(size), keep
+        self._held: OrderedDict[int, Any] = OrderedDict()
+
+    @classmethod
+    def of(cls, value: Any) -> Optional["Shards"]:
+        """``value`` as shards: a :class:`Shards` as it is, one cache as a single shard."""
+        if value is None or isinstance(value, Shards):
+            return value
+        return cls((value,), len(value))
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getstate__(self) -> dict:  # shards travel as refs, never with what a worker fetched
+        return {"parts": self.parts, "size": self.size, "keep": self.keep}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
+
+    @property
+    def k(self) -> int:
+        return len(self.parts)
+
+    def split(self, digests: Any) -> np.ndarray:
+        """The shard of each key digest."""
+        return shard_of(digests, self.k)
+
+    def get(self, j: int) -> Any:
+        """Shard ``j`` (None when empty), fetched from the object store on first use."""
+        part = self.parts[j]
+        if part is None or type(part).__name__ != "ObjectRef":
+            return part
+        if j in self._held:
+            self._held.move_to_end(j)
+            return self._held[j]
+        import ray
+
+        self._held[j] = cache = ray.get(part)
+        while len(self._held) > self.keep:
+            self._held.popitem(last=False)
+        return cache
+
+
+@dataclass(frozen=True)
+class CacheSource:
+    """Where one of a run's caches comes from: a table of an output root (``transcripts`` or
+    ``scores``), read with the run's filter (``args``: the ASR config hashes; the scorer key
+    and hypotheses), split into shards by the sha256 column its entries are keyed by."""
+
+    table: str
+    root: str
+    args: tuple
+
+    @property
+    def shard_column(self) -> str:
+        return "audio_sha256" if self.table == "transcripts" else "text_sha256"
+
+    def files(self) -> list[tuple[str, int]]:
+        return table_files(self.root, self.table)
+
+    def read(self, files: Optional[Sequence[str]] = None) -> Optional[pa.Table]:
+        reader = TranscriptCache.read if self.table == "transcripts" else ScoreCache.read
+        return reader(self.root, *self.args, files=files)
+
+    def build(self, rows: Optional[pa.Table]) -> Any:
+        if self.table == "transcripts":
+            return TranscriptCache.from_rows(rows)
+        return ScoreCache.from_rows(rows, self.args[0])
+
+
+def find_cached(cache: Optional[Shards], shas: Sequence[str], whole_hash: str, segmented_hash: str,
+                applies: Callable[[float], bool]) -> tuple[np.ndarray, np.ndarray]:
+    """(shard, group) of each file's cached transcription (:func:`cached_groups` in the
+    shard its sha256 falls in); group -1 where there is none."""
+    shard = np.zeros(len(shas), np.int64) if cache is None else cache.split(shas)
+    groups = np.full(len(shas), -1, np.int64)
+    if cache is None or not len(cache):
+        return shard, groups
+    for j in np.unique(shard).tolist():
+        rows = np.flatnonzero(shard == j)
+        groups[rows] = cached_groups(cache.get(j), [shas[i] for i in rows.tolist()], whole_hash, segmented_hash, applies)
+    return shard, groups
+
+
 def cached_groups(cache: Optional[TranscriptCache], shas: Sequence[str], whole_hash: str, segmented_hash: str,
                   applies: Callable[[float], bool]) -> np.ndarray:
     """Each file's cached transcription (a group of ``cache``), or -1, if it was transcribed
@@ -160,10 +332,14 @@ def cached_groups(cache: Optional[TranscriptCache], shas: Sequence[str], whole_h
     return np.where(use_whole, whole, np.where(use_seg, segmented, -1))
 
 
-def cached_mask(cache: Optional[TranscriptCache], shas: pa.Array, whole_hash: str, segmented_hash: str, segment: Any) -> np.ndarray:
+def cached_mask(cache: Optional[TranscriptCache], shas: pa.Array, whole_hash: str, segmented_hash: str, segment: Any,
+                shard: Optional[np.ndarray] = None, j: int = 0) -> np.ndarray:
     """Which of the files (their known sha256, null when unknown) the cache has transcribed
-    as this run would (:func:`cached_groups`; ``segment``: the run's SegmentConfig). Run as
-    a Ray task beside the cache, so the driver gets only the mask."""
+    as this run would (:func:`cached_groups`; ``segment``: the run's SegmentConfig); with
+    ``shard`` (each file's shard), only the files of shard ``j``, which ``cache`` is. Run as
+    a Ray task beside the cache (one per shard), so the driver gets only the mask."""
+    if shard is not None:
+        shas = shas.take(pa.array(np.flatnonzero(shard == j), pa.int64()))
     values = shas.to_pylist()
     known = [k for k, v in enumerate(values) if v is not None]
     mask = np.zeros(len(values), bool)
@@ -186,12 +362,21 @@ class ScoreCache:
         return cls(np.zeros(0, np.uint64), np.zeros(0, np.float32), scorer_key)
 
     @classmethod
-    def load(cls, root: str, scorer_key: str, hypotheses: Iterable[str]) -> "ScoreCache":
+    def load(cls, root: str, scorer_key: str, hypotheses: Iterable[str], files: Optional[Sequence[str]] = None) -> "ScoreCache":
+        return cls.from_rows(cls.read(root, scorer_key, hypotheses, files), scorer_key)
+
+    @staticmethod
+    def read(root: str, scorer_key: str, hypotheses: Iterable[str], files: Optional[Sequence[str]] = None) -> Optional[pa.Table]:
+        """The stored scores of the scorer for the given hypotheses (of the given ``files`` of
+        the table only, when given), with the ``text_sha256`` a sharded build splits them by."""
         import pyarrow.dataset as pads
 
         hyps = pa.array(sorted(set(hypotheses)), pa.string())
         f = (pads.field("scorer_key") == scorer_key) & pads.field("hypothesis").isin(hyps)
-        t = _read_table(root, "scores", ["pair_key", "raw_score"], f)
+        return _read_table(root, "scores", ["pair_key", "raw_score", "text_sha256"], f, files=files)
+
+    @classmethod
+    def from_rows(cls, t: Optional[pa.Table], scorer_key: str) -> "ScoreCache":
         if t is None or t.num_rows == 0:
             return cls.empty(scorer_key)
         keys = t.column("pair_key").to_numpy()
@@ -265,8 +450,9 @@ def known_sources(root: str, todo: pa.Table, rehash: bool = False) -> tuple[pa.T
     it. Also counts the listed files ``new`` (their URI never read before) and ``changed``
     (read before, with another size or version).
 
-    Held on the driver: the ``sources/`` table's key columns (URI, size, version, sha256;
-    about 150 bytes per file ever read, no text) and one key per input row."""
+    Holds the ``sources/`` table's key columns (URI, size, version, sha256; about 150 bytes
+    per file ever read, no text) and one key per input row: a label run calls it in a Ray
+    task, so that is a worker's memory, not the driver's."""
     import pyarrow.dataset as pads
 
     from labeler.io import redact

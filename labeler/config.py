@@ -231,6 +231,10 @@ class CacheConfig(_Strict):
     transcripts: bool = Field(True, description="reuse transcripts of audio already transcribed with the same ASR settings (by audio sha256)")
     scores: bool = Field(True, description="reuse entailment scores of (transcript, hypothesis) pairs already scored by the same scorer")
     memo_pairs: int = Field(1_000_000, ge=0, description="per-actor memory of pairs scored in this run, so repeated transcripts are scored once")
+    shard_mb: float = Field(256, gt=0, description="a cache whose table (its Parquet files) is larger than this many MB is built "
+                            "and looked up in shards of about this size, by the sha256 of the audio or transcript it holds: no task "
+                            "reads, and no worker maps, the whole cache")
+    shards: Optional[int] = Field(None, ge=1, le=4096, description="the number of shards of each cache, instead of deriving it from shard_mb")
     rehash: bool = Field(False, description="read and hash every source again, even one whose URI, size and modification time "
                          "(or ETag/version id) match a file an earlier run read; off, such a file is not opened: its sha256 comes "
                          "from the sources/ table and its transcripts from the transcript cache")

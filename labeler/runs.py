@@ -140,7 +140,7 @@ def execute(cfg: LabelConfig, plan: RunPlan, run_id: str, todo: Any) -> tuple[di
     copies finds their transcripts in what the first pass staged."""
     import pyarrow.compute as pc
 
-    from labeler.cache import TranscriptCache
+    from labeler.cache import CacheSource
     from labeler.sink import merge_stats
     from labeler.stages.base import require_stages
 
@@ -148,22 +148,29 @@ def execute(cfg: LabelConfig, plan: RunPlan, run_id: str, todo: Any) -> tuple[di
     ctx, sizes = load_caches(cfg, plan)
     ctx.dedupe = "transcripts" in plan.caches
     passes = []
-    cached = cached_rows(cfg, todo, ctx)
-    if cached is not None and cached.any():
+    shard = cached_rows(cfg, todo, ctx)
+    if shard is not None and (shard >= 0).any():
         # files unchanged and transcribed before: a pass of their own, in large blocks that
-        # each stage takes whole (no audio is opened, so a row costs microseconds per stage);
-        # on a night with nothing new that is every row, and the listing is not copied
-        every = bool(cached.all())
-        passes.append(_pass(cfg, plan, run_id, todo if every else todo.filter(pa.array(cached)), ctx, blocked=True))
-        todo = todo.slice(0, 0) if every else todo.filter(pa.array(~cached))
+        # each stage takes whole (no audio is opened, so a row costs microseconds per stage),
+        # ordered by the cache shard their transcripts are in, so a block needs one shard; on
+        # a night with nothing new and one shard that is the listing as it is, not copied
+        if (shard >= 0).all() and ctx.transcript_cache.k == 1:
+            passes.append(_pass(cfg, plan, run_id, todo, ctx, blocked=True))
+            todo = todo.slice(0, 0)
+        else:
+            rows = np.flatnonzero(shard >= 0)
+            rows = rows[np.argsort(shard[rows], kind="stable")]
+            passes.append(_pass(cfg, plan, run_id, todo.take(pa.array(rows, pa.int64())), ctx, blocked=True))
+            todo = todo.filter(pa.array(shard < 0))
     if todo.num_rows:
         passes.append(_pass(cfg, plan, run_id, todo, ctx))
     deferred = [u for _, side in passes for u in side.pop("deferred", [])]
     rows, side = merge_stats([r for r, _ in passes]), functools.reduce(merge_side, [s for _, s in passes])
     if deferred:
         copies = todo.filter(pc.is_in(todo.column("utt_id"), value_set=pa.array(deferred, pa.string())))
-        own, _ = off_driver(TranscriptCache.load, S.staging_dir(cfg.output, run_id), (cfg.asr.config_hash(), cfg.segmented_hash()))
-        ctx.transcript_cache, ctx.dedupe, ctx.second_pass = own, False, True
+        own = CacheSource("transcripts", S.staging_dir(cfg.output, run_id), ((cfg.asr.config_hash(), cfg.segmented_hash()),))
+        ctx.transcript_cache, _ = finish_cache_build(start_cache_build(own, cfg.cache.shard_mb, cfg.cache.shards))
+        ctx.dedupe, ctx.second_pass = False, True
         rows2, side2 = _pass(cfg, plan, run_id, copies, ctx)
         side2.pop("deferred", None)
         rows, side = merge_stats([rows, rows2]), merge_side(side, side2)
@@ -172,14 +179,28 @@ def execute(cfg: LabelConfig, plan: RunPlan, run_id: str, todo: Any) -> tuple[di
 
 def cached_rows(cfg: LabelConfig, todo: Any, ctx: StageContext) -> Optional[np.ndarray]:
     """Which rows of a label run's ``todo`` are files known unchanged (``known_sha256``)
-    whose transcripts, under this run's settings, are in the transcript cache: computed by a
-    Ray task beside the cache, so the driver holds one bool per row. None when no row can be."""
+    whose transcripts, under this run's settings, are in the transcript cache: the shard of
+    the cache they are in, -1 for every other row. Looked up by one Ray task per shard,
+    beside it, so the driver holds one integer per row and never a shard. None when no row
+    can be."""
+    import ray
+
     from labeler.cache import cached_mask
 
-    if not isinstance(todo, pa.Table) or "known_sha256" not in todo.column_names or ctx.transcript_cache is None:
+    shards = ctx.transcript_cache
+    if not isinstance(todo, pa.Table) or "known_sha256" not in todo.column_names or shards is None:
         return None
-    return on_ray(cached_mask, ctx.transcript_cache, todo.column("known_sha256").combine_chunks(),
-                  cfg.asr.config_hash(), cfg.segmented_hash(), cfg.segment)
+    shas = todo.column("known_sha256").combine_chunks()
+    shard = shards.split(shas)
+    out = np.full(todo.num_rows, -1, np.int16)
+    present = [j for j, part in enumerate(shards.parts) if part is not None]
+    shas_ref, shard_ref = ray.put(shas), ray.put(shard)
+    task = ray.remote(max_retries=3)(cached_mask)
+    masks = ray.get([task.remote(shards.parts[j], shas_ref, cfg.asr.config_hash(), cfg.segmented_hash(), cfg.segment,
+                                 shard_ref, j) for j in present])
+    for j, mask in zip(present, masks):
+        out[shard == j] = np.where(mask, np.int16(j), np.int16(-1))
+    return out
 
 
 def _pass(cfg: LabelConfig, plan: RunPlan, run_id: str, todo: Any, ctx: StageContext, blocked: bool = False) -> tuple[dict, dict]:
@@ -242,55 +263,110 @@ def merge_side(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_caches(cfg: LabelConfig, plan: RunPlan) -> tuple[StageContext, dict[str, int]]:
-    """The caches the plan's stages look up, shared through Ray's object store (each node
-    maps them once, zero-copy, into its workers). Each is read and built by a Ray task, not
-    on the driver: the driver holds object refs and the cache sizes, never the transcripts'
-    text or the score table, so its memory does not grow with the caches. Returns the stage
-    context and the cache sizes."""
-    import ray
-
-    from labeler.cache import ScoreCache, TranscriptCache
+    """The caches the plan's stages look up, built by Ray tasks into the object store
+    (:func:`start_cache_build`): the driver holds object refs and the cache sizes, never the
+    transcripts' text or the score table, so its memory does not grow with the caches.
+    Returns the stage context and the cache sizes (and shard counts)."""
+    from labeler.cache import CacheSource
 
     ctx, sizes, building = StageContext(taxonomy=plan.taxonomy), {}, {}
     if "transcripts" in plan.caches and cfg.cache.transcripts:
         hashes = (cfg.asr.config_hash(), cfg.segmented_hash())  # files transcribed whole, segmented recordings
-        building["transcripts"] = build_off_driver(TranscriptCache.load, cfg.output, hashes)
+        building["transcripts"] = CacheSource("transcripts", cfg.output, (hashes,))
     elif "transcripts" in plan.caches:
         sizes["transcripts"] = 0
     if "scores" in plan.caches and cfg.cache.scores:
         hyps = [h for hs in plan.taxonomy.hypothesis_sets for h in hs]
-        building["score_pairs"] = build_off_driver(ScoreCache.load, cfg.output, cfg.scorer.key_hash(), hyps)
+        building["score_pairs"] = CacheSource("scores", cfg.output, (cfg.scorer.key_hash(), hyps))
     elif "scores" in plan.caches:
         sizes["score_pairs"] = 0
-    # both caches are built at once, by two tasks
-    sizes.update({name: int(n) for name, n in zip(building, ray.get([size for _, size in building.values()]))})
-    refs = {name: (ref if sizes[name] else None) for name, (ref, _) in building.items()}
-    ctx.transcript_cache, ctx.score_cache = refs.get("transcripts"), refs.get("score_pairs")
+    # both caches are built at once
+    started = {name: start_cache_build(src, cfg.cache.shard_mb, cfg.cache.shards) for name, src in building.items()}
+    built = {name: finish_cache_build(b) for name, b in started.items()}
+    for name, (shards, size) in built.items():
+        sizes[name] = size
+        if shards is not None and shards.k > 1:
+            sizes[f"{name}_shards"] = shards.k
+    ctx.transcript_cache = built.get("transcripts", (None, 0))[0]
+    ctx.score_cache = built.get("score_pairs", (None, 0))[0]
     return ctx, sizes
 
 
-def _build_cache(load: Callable[..., Any], *args: Any) -> tuple[Any, int]:
-    cache = load(*args)
+#: The most shards a cache is cut into (``cache.shards`` and ``cache.shard_mb`` alike).
+MAX_SHARDS = 4096
+
+
+def start_cache_build(src: Any, shard_mb: float, shards: Optional[int] = None) -> tuple[list[Any], list[Any]]:
+    """Start building the cache ``src`` (a :class:`labeler.cache.CacheSource`) with Ray tasks:
+    (refs to its shards, refs to their sizes). Its table's files are listed here (no file is
+    opened); ``k`` shards of about ``shard_mb`` of Parquet each (or ``shards``). One shard is
+    one task that reads the table. More are a map-reduce: about ``k`` tasks each read a run of
+    files and split their rows by shard, then ``k`` tasks each build one shard from its
+    pieces, so no task holds more than about a shard. Each task returns its cache as one of
+    two return values, so the driver owns the object (it outlives the task's worker) without
+    ever deserializing it."""
+    import math
+
+    import ray
+
+    files = src.files()
+    total = sum(size for _, size in files)
+    k = shards or math.ceil(total / (shard_mb * 2**20))
+    k = max(1, min(MAX_SHARDS, k)) if files else 1
+    if k == 1:
+        cache, size = ray.remote(num_returns=2, max_retries=3)(_build_shard).remote(src)
+        return [cache], [size]
+    split = ray.remote(num_returns=k, max_retries=3)(_split_files)
+    pieces = [split.remote(src, group, k) for group in file_groups(files, k)]
+    build = ray.remote(num_returns=2, max_retries=3)(_build_shard)
+    out = [build.remote(src, *(p[j] for p in pieces)) for j in range(k)]
+    return [c for c, _ in out], [n for _, n in out]
+
+
+def finish_cache_build(started: tuple[list[Any], list[Any]]) -> tuple[Any, int]:
+    """Wait for :func:`start_cache_build`: (the cache as :class:`labeler.cache.Shards`, or None
+    when it is empty; its size)."""
+    import ray
+
+    from labeler.cache import Shards
+
+    parts, size_refs = started
+    sizes = [int(n) for n in ray.get(size_refs)]
+    if not sum(sizes):
+        return None, 0
+    return Shards([p if n else None for p, n in zip(parts, sizes)], sum(sizes)), sum(sizes)
+
+
+def file_groups(files: list[tuple[str, int]], k: int) -> list[list[str]]:
+    """``files`` (path, bytes) in runs of about ``1/k`` of their bytes each, in order: the
+    map tasks of a sharded build (at most one per file)."""
+    target = sum(size for _, size in files) / k
+    groups: list[list[str]] = [[]]
+    held = 0.0
+    for path, size in files:
+        if groups[-1] and held + size > target:
+            groups.append([])
+            held = 0.0
+        groups[-1].append(path)
+        held += size
+    return groups
+
+
+def _split_files(src: Any, files: list[str], k: int) -> list[Any]:
+    from labeler.cache import split_by_shard
+
+    return split_by_shard(src.read(files), src.shard_column, k)
+
+
+def _build_shard(src: Any, *pieces: Any) -> tuple[Any, int]:
+    """A shard of ``src`` from its pieces (the map tasks' tables); with none, the whole cache
+    from the table itself."""
+    if not pieces:
+        cache = src.build(src.read())
+    else:
+        rows = [p for p in pieces if p is not None and p.num_rows]
+        cache = src.build(pa.concat_tables(rows) if len(rows) > 1 else (rows[0] if rows else None))
     return (cache if len(cache) else None), len(cache)
-
-
-def build_off_driver(load: Callable[..., Any], *args: Any) -> tuple[Any, Any]:
-    """``load(*args)`` started as a Ray task: object refs to the cache it builds (None when
-    empty) and to its size. The task returns the cache as one of two return values, so the
-    driver owns the object (it outlives the task's worker) without ever deserializing it."""
-    import ray
-
-    return ray.remote(num_returns=2, max_retries=3)(_build_cache).remote(load, *args)
-
-
-def off_driver(load: Callable[..., Any], *args: Any) -> tuple[Any, int]:
-    """:func:`build_off_driver`, waited for: (an object ref to the cache, or None when it is
-    empty; its size)."""
-    import ray
-
-    cache_ref, size_ref = build_off_driver(load, *args)
-    size = int(ray.get(size_ref))
-    return (cache_ref if size else None), size
 
 
 # ----------------------------------------------------------------------------- Ray

@@ -37,24 +37,15 @@ class StageContractError(RuntimeError):
 
 @dataclass
 class StageContext:
-    """What a stage needs besides the config. Caches may be Ray object refs: each worker
-    fetches them once, when its stage is built."""
+    """What a stage needs besides the config. A cache is a :class:`labeler.cache.Shards` of
+    Ray object refs (or one cache, in tests): a worker fetches the shards its rows need."""
 
     taxonomy: Optional[Taxonomy] = None
-    transcript_cache: Any = None  # labeler.cache.TranscriptCache, or an ObjectRef to one
-    score_cache: Any = None  # labeler.cache.ScoreCache, or an ObjectRef to one
+    transcript_cache: Any = None  # labeler.cache.Shards of TranscriptCache, or one TranscriptCache
+    score_cache: Any = None  # labeler.cache.Shards of ScoreCache, or one ScoreCache
     collector: Any = None  # labeler.collector.Collector, or a Ray actor handle of one
     dedupe: bool = False  # decode holds back a copy of audio another input of the run transcribes
     second_pass: bool = False  # the run's pass over those copies (transcript_cache: this run's own)
-
-
-def fetch(value: Any) -> Any:
-    """``ray.get`` for an object ref, anything else as it is."""
-    if value is None or type(value).__name__ != "ObjectRef":
-        return value
-    import ray
-
-    return ray.get(value)
 
 
 class Stage:

@@ -29,7 +29,8 @@ import pyarrow as pa
 from labeler import schema as S
 from labeler.config import LabelConfig
 from labeler.segment import WindowedVAD, utterance_id
-from labeler.stages.base import Stage, StageContext, columns, fetch, stage_error
+from labeler.cache import Shards
+from labeler.stages.base import Stage, StageContext, columns, stage_error
 
 
 class DecodeStage(Stage):
@@ -48,7 +49,7 @@ class DecodeStage(Stage):
         self.segment = cfg.segment
         self.whole_hash, self.segmented_hash = cfg.asr.config_hash(), cfg.segmented_hash()
         # the second pass looks up this run's own transcripts, whatever cache.transcripts says
-        cache = fetch(ctx.transcript_cache) if cfg.cache.transcripts or ctx.second_pass else None
+        cache = Shards.of(ctx.transcript_cache) if cfg.cache.transcripts or ctx.second_pass else None
         self.cache = cache if cache is not None and len(cache) else None
         self.dedupe, self.second_pass = ctx.dedupe, ctx.second_pass
 
@@ -77,8 +78,8 @@ class DecodeStage(Stage):
         # opened; they, and files read that the cache knows, become their stored utterances,
         # taken from the cache as one Arrow block at the end
         ask = [i for i, (k, e) in enumerate(zip(opt["known_sha256"], errors)) if k is not None and e is None]
-        groups = self.cached_groups([opt["known_sha256"][i] for i in ask])
-        hits = {ask[k]: int(g) for k, g in enumerate(groups) if g >= 0}  # row -> cache group
+        shards, groups = self.cached_groups([opt["known_sha256"][i] for i in ask])
+        hits = {ask[k]: (int(j), int(g)) for k, (j, g) in enumerate(zip(shards, groups)) if g >= 0}  # row -> (shard, group)
         self.count(sources_skipped_by_metadata=len(hits))
         skip = set(hits)
         for i, (source, uri, error, size, version, known) in enumerate(
@@ -95,9 +96,9 @@ class DecodeStage(Stage):
                 if size is not None and version is not None and sha != known:  # (known: already in sources/)
                     for c, v in (("uri", uri), ("source_size", size), ("source_version", version), ("audio_sha256", sha)):
                         listed[c].append(v)
-                g = int(self.cached_groups([sha])[0])
-                if g >= 0:
-                    hits[i] = g
+                shard, group = self.cached_groups([sha])
+                if group[0] >= 0:
+                    hits[i] = (int(shard[0]), int(group[0]))
                     continue
                 if self.dedupe and not self.report.claim(sha, source):
                     # another input of this run has the same audio: it waits for that one's transcript
@@ -127,14 +128,17 @@ class DecodeStage(Stage):
             self.emit("sources", pa.table({**listed, "created_at": pa.array([now] * len(listed["uri"]), S.TIMESTAMP)}))
         if not hits:
             return columns(out)
-        rows = np.array(sorted(hits), np.int64)
-        merged = pa.concat_tables([columns(out), self.from_cache_block(rows, np.array([hits[i] for i in rows.tolist()], np.int64), sources)])
+        cached = []
+        for j in sorted({j for j, _ in hits.values()}):
+            rows = np.array(sorted(i for i, (s, _) in hits.items() if s == j), np.int64)
+            cached.append(self.from_cache_block(j, rows, np.array([hits[i][1] for i in rows.tolist()], np.int64), sources))
+        merged = pa.concat_tables([columns(out), *cached])
         return merged.take(pa.array(np.argsort(merged.column("parent_row").to_numpy(), kind="stable")))
 
-    def from_cache_block(self, rows: np.ndarray, groups: np.ndarray, sources: list[str]) -> pa.Table:
-        """The stored utterances of the batch's ``rows`` (their cache ``groups``), as this
-        stage's output columns, with ``parent_row``."""
-        t, counts = self.cache.rows(groups)
+    def from_cache_block(self, shard: int, rows: np.ndarray, groups: np.ndarray, sources: list[str]) -> pa.Table:
+        """The stored utterances of the batch's ``rows`` (their ``groups`` in cache
+        ``shard``), as this stage's output columns, with ``parent_row``."""
+        t, counts = self.cache.get(shard).rows(groups)
         parent = np.repeat(rows, counts)
         source = [sources[i] for i in parent.tolist()]
         seg_count, seg_index, start, end, dur = (t.column(c).to_pylist() for c in ("segment_count", "segment_index", "start_s", "end_s", "duration_s"))
@@ -179,8 +183,8 @@ class DecodeStage(Stage):
         waveform = None if kept is None else (np.concatenate(kept) if len(kept) > 1 else kept[0])
         return waveform, duration, speech
 
-    def cached_groups(self, shas: list[str]) -> np.ndarray:
-        """:func:`labeler.cache.cached_groups` under this run's settings."""
-        from labeler.cache import cached_groups
+    def cached_groups(self, shas: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`labeler.cache.find_cached` under this run's settings: (shard, group) of each."""
+        from labeler.cache import find_cached
 
-        return cached_groups(self.cache, shas, self.whole_hash, self.segmented_hash, self.segment.applies)
+        return find_cached(self.cache, shas, self.whole_hash, self.segmented_hash, self.segment.applies)

@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from labeler import schema as S
 from labeler.config import AbstainConfig, LabelConfig
-from labeler.stages.base import Stage, StageContext, columns, fetch
+from labeler.stages.base import Stage, StageContext, columns
 
 
 def abstain_before_scoring(text: Optional[str], no_speech_prob: Optional[float], avg_logprob: Optional[float],
@@ -56,7 +56,7 @@ class EntailStage(Stage):
               "scorer", "template_hash")
 
     def __init__(self, cfg: LabelConfig, ctx: StageContext) -> None:
-        from labeler.cache import ScoreCache
+        from labeler.cache import ScoreCache, Shards
 
         super().__init__(cfg, ctx)
         self.scorer_cfg = cfg.scorer
@@ -68,8 +68,9 @@ class EntailStage(Stage):
         # every distinct hypothesis (all templates of an ensemble), and where each label's is
         self.hypotheses, self.template_index = flatten_sets(ctx.taxonomy.hypothesis_sets)
         self.template_hash = ctx.taxonomy.template_hash
-        cache = fetch(ctx.score_cache) if cfg.cache.scores else None
-        self.cache = cache if cache is not None else ScoreCache.empty(cfg.scorer.key_hash())
+        self.scorer_key = cfg.scorer.key_hash()
+        cache = Shards.of(ctx.score_cache) if cfg.cache.scores else None
+        self.cache = cache if cache is not None else Shards.of(ScoreCache.empty(self.scorer_key))
         self.memo: dict[int, float] = {}
         self.memo_pairs = cfg.cache.memo_pairs
         self._scorer = None
@@ -98,11 +99,12 @@ class EntailStage(Stage):
     def _raw_scores(self, premises: list[str]) -> np.ndarray:
         """Full raw matrix for ``premises``: cache, then memo, then the model for the rest.
         Newly scored pairs go to the score cache."""
-        from labeler.cache import text_sha256
+        from labeler.cache import key64, text_sha256
 
         H = len(self.hypotheses)
-        keys = np.array([self.cache.pair_key(p, h) for p in premises for h in self.hypotheses], dtype=np.uint64)
-        found, raw = self.cache.lookup(keys)
+        keys = np.array([key64(self.scorer_key, p, h) for p in premises for h in self.hypotheses], dtype=np.uint64)
+        digests = [text_sha256(p) for p in premises]
+        found, raw = self.lookup(keys, np.repeat(self.cache.split(digests), H))
         n_cached = int(found.sum())
         todo = []
         for j in np.flatnonzero(~found):
@@ -121,13 +123,24 @@ class EntailStage(Stage):
                     self.memo[int(keys[j])] = float(raw[j])
             self.emit("scores", pa.table({
                 "pair_key": pa.array(keys[todo], pa.uint64()),
-                "text_sha256": pa.array([text_sha256(premises[p]) for p, _ in pairs], pa.string()),
+                "text_sha256": pa.array([digests[p] for p, _ in pairs], pa.string()),
                 "hypothesis": pa.array([self.hypotheses[h] for _, h in pairs], pa.string()),
                 "raw_score": pa.array(raw[todo], pa.float32()),
                 "scorer": pa.array([self.scorer_name] * len(todo), pa.string()),
                 "created_at": pa.array([dt.datetime.now(dt.timezone.utc)] * len(todo), S.TIMESTAMP),
             }))
         return raw.reshape(len(premises), H)
+
+    def lookup(self, keys: np.ndarray, shard: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(found mask, raw scores where found) of pair keys, each in its score-cache shard
+        (the shard of its text)."""
+        found, raw = np.zeros(len(keys), bool), np.zeros(len(keys), np.float32)
+        for j in np.unique(shard).tolist():
+            cache = self.cache.get(j)
+            if cache is not None:
+                rows = np.flatnonzero(shard == j)
+                found[rows], raw[rows] = cache.lookup(keys[rows])
+        return found, raw
 
     def process(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows

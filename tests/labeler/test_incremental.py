@@ -70,9 +70,12 @@ def test_unchanged_files_are_not_read_changed_ones_are_and_rehash_reads_all(ray_
     (clips / "happy.wav").write_bytes(original["happy"])
     st = os.stat(clips / "happy.wav")
     os.utime(clips / "happy.wav", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    one = label(clips, out)
+    # (and the caches in 3 shards: built by map and reduce tasks, looked up shard by shard)
+    one = label(clips, out, **{"cache.shards": 3})
     assert one["counts"]["sources_read"] == 1 and one["counts"]["sources_changed"] == 1
     assert one["counts"]["sources_skipped_by_metadata"] == 3 and one["cache"]["transcribed"] == 0
+    assert one["cache_sizes"]["transcripts_shards"] == 3 and one["cache_sizes"]["score_pairs_shards"] == 3
+    assert one["cache"]["n_pairs_scored"] == 0 and one["cache_sizes"]["score_pairs"] == quiet["cache_sizes"]["score_pairs"]
     assert rows_of(out, one["run_id"]) == want
 
     # --rehash (cache.rehash): every file is read; the three noise files are new audio, transcribed anew
@@ -155,3 +158,90 @@ def test_cached_rows_are_known_files_transcribed_as_this_run_would(tmp_path):
     blocks = input_blocks(todo, CACHED_ROWS_PER_BLOCK)
     assert [b.num_rows for b in blocks] == [CACHED_ROWS_PER_BLOCK, 5]
     assert [u for b in blocks for u in b.column("utt_id").to_pylist()] == todo.column("utt_id").to_pylist()
+
+
+def test_sharded_caches_find_what_one_cache_finds(tmp_path):
+    """A cache built in shards (map tasks each split a run of the table's files by the sha256
+    its entries are keyed by; one task builds each shard) finds what the cache built whole
+    finds: each file's newest complete transcription, each scored pair. The map and reduce
+    functions are called here as the Ray tasks call them."""
+    import datetime as dt
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    from labeler import schema as S
+    from labeler.cache import CacheSource, Shards, cached_mask, find_cached, key64, shard_of, text_sha256
+    from labeler.runs import _build_shard, _split_files, file_groups
+
+    cfg = load_config(DEMO, {"segment.mode": "auto"})
+    whole, segmented = cfg.asr.config_hash(), cfg.segmented_hash()
+    shas = [hashlib.sha256(f"audio {i}".encode()).hexdigest() for i in range(60)]
+    old, new = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), dt.datetime(2026, 2, 1, tzinfo=dt.timezone.utc)
+    long_s = cfg.segment.min_source_s + 10
+    runs: dict[int, list] = {0: [], 1: [], 2: []}
+    for i, sha in enumerate(shas):
+        n = 1 + i % 3  # clips, and recordings of 2-3 utterances
+        versions = [(i % 3, new, n, n)] + ([((i + 1) % 3, old, n, n)] if i % 5 == 0 else [])
+        if i % 11 == 0:
+            versions = [(i % 3, new, n + 1, n)]  # the newest transcription lost an utterance: not a hit
+        for run, created, count, written in versions:
+            for k in range(written):
+                runs[run].append({"audio_sha256": sha, "asr_config_hash": segmented if n > 1 else whole,
+                                  "duration_s": long_s if n > 1 else 3.0, "segment_index": k, "segment_count": count,
+                                  "start_s": 2.0 * k, "end_s": 2.0 * k + 1.5, "text": f"{sha[:6]} {k} {created.month}",
+                                  "utt_id": f"u{i}-{k}", "uri": f"/a/{i}.wav", "source_id": f"u{i}", "language": "en",
+                                  "language_prob": 1.0, "avg_logprob": -0.2, "no_speech_prob": 0.01, "asr_model": "tiny",
+                                  "error": None, "created_at": created})
+    scorer = cfg.scorer.key_hash()
+    texts = [f"text {i}" for i in range(40)]
+    for run, rows in runs.items():
+        part = S.transcripts_partition(str(tmp_path), f"2026010{run}T000000Z-aaaaaaaa")
+        os.makedirs(part)
+        pq.write_table(S.conform(pa.Table.from_pylist(rows), S.TRANSCRIPTS_FILE_SCHEMA), os.path.join(part, "part-0.parquet"))
+        scored = [t for i, t in enumerate(texts) if i % 3 == run]
+        part = S.scores_partition(str(tmp_path), scorer, f"2026010{run}T000000Z-aaaaaaaa")
+        os.makedirs(part)
+        pq.write_table(pa.table({
+            "pair_key": pa.array([key64(scorer, t, h) for t in scored for h in ("h1", "h2")], pa.uint64()),
+            "text_sha256": [text_sha256(t) for t in scored for _ in range(2)], "hypothesis": ["h1", "h2"] * len(scored),
+            "raw_score": pa.array([float(len(t) + len(h)) for t in scored for h in ("h1", "h2")], pa.float32()),
+            "scorer": ["nli:x"] * (2 * len(scored)), "created_at": pa.array([new] * (2 * len(scored)), S.TIMESTAMP)}),
+            os.path.join(part, "part-0.parquet"))
+
+    def sharded(src, k):
+        groups = file_groups(src.files(), k)
+        assert len(groups) == 3  # one map task per file here: the three are about the same size
+        pieces = [_split_files(src, g, k) for g in groups]
+        parts = [_build_shard(src, *(p[j] for p in pieces)) for j in range(k)]
+        assert sum(n > 0 for _, n in parts) > 1
+        return Shards([c for c, _ in parts], sum(n for _, n in parts))
+
+    src = CacheSource("transcripts", str(tmp_path), ((whole, segmented),))
+    one, four = Shards.of(_build_shard(src)[0]), sharded(src, 4)
+    assert len(one) == len(four) == 60 - len(range(0, 60, 11))
+    asked = shas + [hashlib.sha256(b"never seen").hexdigest()]
+    (s1, g1), (s4, g4) = (find_cached(c, asked, whole, segmented, cfg.segment.applies) for c in (one, four))
+    assert ((g1 >= 0) == (g4 >= 0)).all() and (s4 == shard_of(asked, 4)).all()
+    for i in np.flatnonzero(g1 >= 0).tolist():
+        a, na = one.get(0).rows(np.array([g1[i]]))
+        b, nb = four.get(int(s4[i])).rows(np.array([g4[i]]))
+        assert a.equals(b) and na.tolist() == nb.tolist() and a.column("text")[0].as_py().endswith(" 2")  # the newest
+    known = pa.array(asked)
+    mask = cached_mask(one.get(0), known, whole, segmented, cfg.segment)
+    for j in range(4):
+        rows = np.flatnonzero(shard_of(known, 4) == j)
+        got = cached_mask(four.get(j), known, whole, segmented, cfg.segment, shard_of(known, 4), j) if four.get(j) else np.zeros(len(rows), bool)
+        assert got.tolist() == mask[rows].tolist()
+
+    src = CacheSource("scores", str(tmp_path), (scorer, ["h1", "h2"]))
+    one, four = Shards.of(_build_shard(src)[0]), sharded(src, 4)
+    keys = np.array([key64(scorer, t, h) for t in texts + ["unscored"] for h in ("h1", "h2")], np.uint64)
+    found, raw = one.get(0).lookup(keys)
+    shard = np.repeat(shard_of([text_sha256(t) for t in texts + ["unscored"]], 4), 2)
+    for j in range(4):
+        rows = np.flatnonzero(shard == j)
+        f, r = four.get(j).lookup(keys[rows])
+        assert f.tolist() == found[rows].tolist() and r.tolist() == raw[rows].tolist()
+    assert found.sum() == 80 and not found[-2:].any()
+
