@@ -17,7 +17,7 @@ from typing import Optional
 
 from labeler import schema as S
 from labeler.config import LabelConfig
-from labeler.runs import RunPlan, RunResult, find_committed, run, stream_run_rows
+from labeler.runs import RunPlan, RunResult, find_committed, init_ray, on_ray, run, stream_run_rows
 
 
 def run_labeling(cfg: LabelConfig) -> RunResult:
@@ -39,10 +39,12 @@ def run_labeling(cfg: LabelConfig) -> RunResult:
         kind="label",
         taxonomy=taxonomy,
         key=cfg.run_key(taxonomy),
-        read_inputs=lambda: resolve_input(cfg.input),
+        # checked here, then listed by Ray tasks (one per sub-folder or sub-prefix)
+        read_inputs=lambda: resolve_input(cfg.input, start_ray=lambda: init_ray(cfg)),
         stages=(DecodeStage, ASRStage, EntailStage),
-        # a file read before with the same URI, size and mtime/ETag is not read again (cache.rehash reads it)
-        prepare=lambda todo: known_sources(cfg.output, todo, rehash=cfg.cache.rehash or not cfg.cache.transcripts),
+        # a file read before with the same URI, size and mtime/ETag is not read again (cache.rehash
+        # reads it); looked up in a Ray task, so the sources/ table never reaches the driver
+        prepare=lambda todo: on_ray(known_sources, cfg.output, todo, cfg.cache.rehash or not cfg.cache.transcripts),
     )
     return run(cfg, plan)
 

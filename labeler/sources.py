@@ -34,7 +34,9 @@ import os
 import posixpath
 import stat as _stat
 from dataclasses import dataclass
+from typing import Callable, Optional
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -93,41 +95,113 @@ def _remote_meta(info) -> tuple[int | None, str | None]:
     return size, (f"mtime_ns:{mtime_ns}" if mtime_ns is not None else None)
 
 
-def resolve_input(spec: str) -> pa.Table:
-    """Return the run's input rows as an Arrow table with :data:`INPUT_SCHEMA`."""
+def resolve_input(spec: str, start_ray: Optional[Callable[[], None]] = None) -> pa.Table:
+    """Return the run's input rows as an Arrow table with :data:`INPUT_SCHEMA`.
+
+    A folder's sub-folders (a bucket prefix's sub-prefixes) are listed by one Ray task each
+    when it has several and ``start_ray`` is given (it is called first, to connect): the
+    walk's Python objects stay in the workers, a bucket's prefixes are listed at once, and
+    the driver receives each part as Arrow (about 135 bytes a file). The input is checked
+    (found, a folder) before Ray starts, so a mistyped path fails at once."""
     if not spec:
         raise InputError("no input given")
     lower = spec.lower().split("?")[0]
     if lower.endswith(MANIFEST_EXTENSIONS):
-        items = _from_manifest(spec)
+        listed = _table(_from_manifest(spec))
     elif any(ch in spec for ch in "*?["):
-        items = _from_glob(spec)
+        listed = _table(_from_glob(spec))
     else:
-        items = _from_directory(spec)
-    return _dedupe(items)
+        listed = _from_directory(spec, start_ray)
+    return _dedupe(listed)
 
 
-def _from_directory(root: str) -> list[_Item]:
+#: The columns of a listing before its rows are numbered and checked for duplicates.
+LISTED_SCHEMA = pa.schema([f for f in INPUT_SCHEMA if f.name != "source_row"])
+
+
+def _table(items: list[_Item]) -> pa.Table:
+    return pa.table({"utt_id": [it.utt_id for it in items], "uri": [it.uri for it in items],
+                     "error": [it.error for it in items], "source_size": [it.size for it in items],
+                     "source_version": [it.version for it in items]}, schema=LISTED_SCHEMA)
+
+
+def _listed(root: str, base: str, found: list[tuple[str, str | None, tuple]]) -> pa.Table:
+    """Listing rows of ``found`` entries ``(path, error, (size, version))`` under the folder
+    ``base`` of the input ``root``, in path order."""
+    found = sorted(found, key=lambda f: f[0])
+    return _table([_Item(_strip_ext(_relative(p, base)), _to_uri(root, base, p), err, *meta) for p, err, meta in found])
+
+
+def _from_directory(root: str, start_ray: Optional[Callable[[], None]] = None) -> pa.Table:
     fs, path = filesystem(root)
     if is_local(root):
-        return _from_local_directory(root, path)
+        return _from_local_directory(root, path, start_ray)
     import pyarrow.fs as pafs
 
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
         raise InputError(f"input not found: {redact(root)}")
     if info.type == pafs.FileType.File:
-        return [_single_file(root, path)]
-    files = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-    found = sorted(
-        (f.path, None if f.type == pafs.FileType.File else f"input: not a regular file (unknown type), not read: {redact(_to_uri(root, path, f.path))}",
-         _remote_meta(f) if f.type == pafs.FileType.File else (None, None))
-        for f in files
-        if f.type in (pafs.FileType.File, pafs.FileType.Unknown) and f.path.lower().endswith(AUDIO_EXTENSIONS)
-    )
-    if not found:
+        return _table([_single_file(root, path)])
+    top = fs.get_file_info(pafs.FileSelector(path, recursive=False))
+    subs = sorted(f.path for f in top if f.type == pafs.FileType.Directory)
+    parts = _fan_out(_listed_remote, [(root, path, sub) for sub in subs], start_ray)
+    return _merge(_listed(root, path, _remote_found(root, path, top)), parts, subs, root)
+
+
+def _remote_found(root: str, path: str, infos) -> list[tuple[str, str | None, tuple]]:
+    import pyarrow.fs as pafs
+
+    return [(f.path, None if f.type == pafs.FileType.File else f"input: not a regular file (unknown type), not read: {redact(_to_uri(root, path, f.path))}",
+             _remote_meta(f) if f.type == pafs.FileType.File else (None, None))
+            for f in infos
+            if f.type in (pafs.FileType.File, pafs.FileType.Unknown) and f.path.lower().endswith(AUDIO_EXTENSIONS)]
+
+
+def _listed_remote(root: str, path: str, sub: str) -> pa.Table:
+    """The listing of one sub-prefix ``sub`` of the input ``root`` (a Ray task's work)."""
+    import pyarrow.fs as pafs
+
+    fs, _ = filesystem(root)
+    return _listed(root, path, _remote_found(root, path, fs.get_file_info(pafs.FileSelector(sub, recursive=True))))
+
+
+def _fan_out(list_part: Callable[..., pa.Table], args: list[tuple], start_ray: Optional[Callable[[], None]]) -> list[pa.Table]:
+    """``list_part(*a)`` for each of ``args``, in order: by Ray tasks (two per CPU of the
+    cluster, each taking a run of the parts) when there are several and ``start_ray`` is
+    given, else here, one after another."""
+    if len(args) < 2 or start_ray is None:
+        return _list_parts(list_part, args)
+    start_ray()
+    import ray
+
+    tasks = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+    step = -(-len(args) // tasks)
+    task = ray.remote(max_retries=3)(_list_parts)
+    return [t for ts in ray.get([task.remote(list_part, args[i:i + step]) for i in range(0, len(args), step)]) for t in ts]
+
+
+def _list_parts(list_part: Callable[..., pa.Table], args: list[tuple]) -> list[pa.Table]:
+    return [list_part(*a) for a in args]
+
+
+def _merge(top: pa.Table, parts: list[pa.Table], subs: list[str], root: str) -> pa.Table:
+    """The top folder's own files and its sub-folders' listings (``parts``, in the order of
+    ``subs``) as one listing in path order: a sub-folder's paths are contiguous in that
+    order, so the parts are interleaved with runs of the top files, not sorted again."""
+    files = [u if is_local(u) else u.split("://", 1)[1] for u in top.column("uri").to_pylist()] if parts else []
+    keys = sorted([(p, 0, k) for k, p in enumerate(files)] + [(sub.rstrip("/") + "/", 1, k) for k, sub in enumerate(subs)])
+    pieces, start, stop = [], 0, 0  # top.slice(start, stop - start): the run of top files not yet placed
+    for _, kind, k in keys:
+        if kind == 0:
+            stop = k + 1
+            continue
+        pieces += [top.slice(start, stop - start), parts[k]]
+        start = stop
+    pieces = [p for p in [*pieces, top.slice(start)] if p.num_rows]
+    if not pieces:
         raise InputError(f"no audio files ({', '.join(AUDIO_EXTENSIONS[:6])}, ...) found under {redact(root)}")
-    return [_Item(_strip_ext(_relative(p, path)), _to_uri(root, path, p), err, *meta) for p, err, meta in found]
+    return pa.concat_tables(pieces) if len(pieces) > 1 else pieces[0]
 
 
 def _single_file(root: str, path: str) -> _Item:
@@ -139,7 +213,7 @@ def _single_file(root: str, path: str) -> _Item:
     )
 
 
-def _from_local_directory(root: str, path: str) -> list[_Item]:
+def _from_local_directory(root: str, path: str, start_ray: Optional[Callable[[], None]] = None) -> pa.Table:
     """A local folder, walked with ``os.scandir``: pyarrow's listing silently drops broken
     symbolic links and reports FIFOs/sockets as ``FileType.Unknown``; here each entry
     named like audio becomes a row, with an error when it is not a readable regular file.
@@ -155,20 +229,27 @@ def _from_local_directory(root: str, path: str) -> list[_Item]:
         raise InputError(f"cannot read input {redact(root)}: {exc.strerror or exc}") from None
     if _stat.S_ISREG(st.st_mode):
         item = _single_file(root, path)
-        return [_Item(item.utt_id, item.uri, None, *_local_meta(st))]
+        return _table([_Item(item.utt_id, item.uri, None, *_local_meta(st))])
     if not _stat.S_ISDIR(st.st_mode):
         raise InputError(f"input {redact(root)} is not a regular file or folder ({_kind(st.st_mode)}); not read")
-    found = sorted(_scan_local(path, (st.st_dev, st.st_ino)), key=lambda f: f[0])
-    if not found:
-        raise InputError(f"no audio files ({', '.join(AUDIO_EXTENSIONS[:6])}, ...) found under {redact(root)}")
-    return [_Item(_strip_ext(_relative(p, path)), _to_uri(root, path, p), err, *meta) for p, err, meta in found]
+    found, folders = _scan_local(path, frozenset([(st.st_dev, st.st_ino)]), recurse=False)
+    folders.sort(key=lambda f: f[0])
+    parts = _fan_out(_listed_local, [(root, path, folder, above) for folder, above in folders], start_ray)
+    return _merge(_listed(root, path, found), parts, [f for f, _ in folders], root)
 
 
-def _scan_local(top: str, top_key: tuple[int, int]) -> list[tuple[str, str | None, tuple]]:
-    """``(path, error, (size, version))`` for every entry named like audio below ``top``,
-    recursively."""
+def _listed_local(root: str, path: str, folder: str, above: frozenset) -> pa.Table:
+    """The listing of one sub-folder of the input folder (a Ray task's work)."""
+    return _listed(root, path, _scan_local(folder, above)[0])
+
+
+def _scan_local(top: str, above: frozenset, recurse: bool = True) -> tuple[list[tuple[str, str | None, tuple]], list[tuple[str, frozenset]]]:
+    """``(path, error, (size, version))`` for every entry named like audio in ``top`` (and
+    below it, with ``recurse``), and the sub-folders not walked (without ``recurse``: those
+    of ``top``) with the folders above each (``(st_dev, st_ino)``, ``top``'s included)."""
     found: list[tuple[str, str | None, tuple]] = []
-    stack: list[tuple[str, frozenset]] = [(top, frozenset([top_key]))]
+    stack: list[tuple[str, frozenset]] = [(top, above)]
+    pending: list[tuple[str, frozenset]] = []
     while stack:
         folder, above = stack.pop()
         try:
@@ -176,6 +257,7 @@ def _scan_local(top: str, top_key: tuple[int, int]) -> list[tuple[str, str | Non
                 entries = list(it)
         except OSError as exc:
             raise InputError(f"cannot list folder {folder}: {exc.strerror or exc}") from None
+        below = stack if recurse else pending
         for entry in entries:
             p = os.path.join(folder, entry.name)
             audio = entry.name.lower().endswith(AUDIO_EXTENSIONS)
@@ -189,7 +271,7 @@ def _scan_local(top: str, top_key: tuple[int, int]) -> list[tuple[str, str | Non
                         continue
                 elif entry.is_dir(follow_symlinks=False):
                     st = entry.stat(follow_symlinks=False)
-                    stack.append((p, above | {(st.st_dev, st.st_ino)}))
+                    below.append((p, above | {(st.st_dev, st.st_ino)}))
                     continue
                 elif not audio:
                     continue
@@ -203,10 +285,10 @@ def _scan_local(top: str, top_key: tuple[int, int]) -> list[tuple[str, str | Non
             if _stat.S_ISDIR(st.st_mode):
                 key = (st.st_dev, st.st_ino)
                 if key not in above:
-                    stack.append((p, above | {key}))
+                    below.append((p, above | {key}))
             elif audio:
                 found.append((p, _special_file_error(p, st.st_mode), _local_meta(st)))
-    return found
+    return found, pending
 
 
 def _from_glob(pattern: str) -> list[_Item]:
@@ -342,31 +424,23 @@ def _manifest_row_check(uri: str) -> tuple[str | None, int | None, str | None]:
     return (err, None, None) if err else (None, *_local_meta(st))
 
 
-def _dedupe(items: list[_Item]) -> pa.Table:
-    """The listing as a table; a row whose URI or ``utt_id`` an earlier row has becomes an
-    error row with a ``#dup<k>`` id. A folder or a glob lists each URI once and rarely two
-    files with one id, so that common case is checked with Arrow first, without the
-    per-row bookkeeping."""
-    ids = pa.array([it.utt_id for it in items], pa.string())
-    uris = pa.array([it.uri for it in items], pa.string())
-    if len(pc.unique(ids)) == len(items) and len(pc.unique(uris)) == len(items):
-        return pa.table(
-            {"utt_id": ids, "uri": uris, "source_row": pa.array(range(len(items)), pa.int64()),
-             "error": pa.array([it.error for it in items], pa.string()),
-             "source_size": pa.array([it.size for it in items], pa.int64()),
-             "source_version": pa.array([it.version for it in items], pa.string())},
-            schema=INPUT_SCHEMA,
-        )
-    del ids, uris
+def _dedupe(listed: pa.Table) -> pa.Table:
+    """The listing, its rows numbered; a row whose URI or ``utt_id`` an earlier row has
+    becomes an error row with a ``#dup<k>`` id. A folder or a glob lists each URI once and
+    rarely two files with one id, so that common case is checked with Arrow first, without
+    the per-row bookkeeping."""
+    n = listed.num_rows
+    rows = pa.array(np.arange(n, dtype=np.int64))
+    if len(pc.unique(listed.column("utt_id"))) == n and len(pc.unique(listed.column("uri"))) == n:
+        return listed.append_column("source_row", rows).select(INPUT_SCHEMA.names).cast(INPUT_SCHEMA)
     first_by_uri: dict[str, str] = {}
     first_by_id: dict[str, int] = {}
     dup_count: dict[str, int] = {}
-    utt_ids, uris, errors, sizes, versions = [], [], [], [], []
-    for i, it in enumerate(items):
+    utt_ids, errors, sizes, versions = [], [], [], []
+    for i, (utt_id, uri, error, size, version) in enumerate(zip(*(listed.column(c).to_pylist() for c in LISTED_SCHEMA.names))):
         err = None
-        utt_id = it.utt_id
-        if it.uri in first_by_uri:
-            err = f"input: duplicate row, same uri as utt_id {first_by_uri[it.uri]!r}"
+        if uri in first_by_uri:
+            err = f"input: duplicate row, same uri as utt_id {first_by_uri[uri]!r}"
         elif utt_id in first_by_id:
             err = f"input: duplicate utt_id {utt_id!r} (first at input row {first_by_id[utt_id]}) for a different uri"
         if err:
@@ -374,16 +448,15 @@ def _dedupe(items: list[_Item]) -> pa.Table:
             dup_count[utt_id] = k
             utt_id = f"{utt_id}#dup{k}"
         else:
-            first_by_uri[it.uri] = utt_id
+            first_by_uri[uri] = utt_id
             first_by_id[utt_id] = i
-            err = it.error
+            err = error
         utt_ids.append(utt_id)
-        uris.append(it.uri)
         errors.append(err)
-        sizes.append(None if err else it.size)
-        versions.append(None if err else it.version)
+        sizes.append(None if err else size)
+        versions.append(None if err else version)
     return pa.table(
-        {"utt_id": utt_ids, "uri": uris, "source_row": list(range(len(items))), "error": errors,
+        {"utt_id": utt_ids, "uri": listed.column("uri"), "source_row": rows, "error": errors,
          "source_size": sizes, "source_version": versions},
         schema=INPUT_SCHEMA,
     )

@@ -242,3 +242,40 @@ def test_manifest_listing_a_fifo_and_a_broken_link(tmp_path, fmt):
     assert errs[1] == f"input: not a regular file (a FIFO/named pipe), not read: {d / 'y.wav'}"
     assert errs[2] == f"input: broken symbolic link (target missing): {d / 'x.wav'}"
     assert errs[5].startswith("input: duplicate row, same uri")
+
+
+def test_sub_folders_listed_by_ray_tasks_give_the_same_listing(ray_local, tmp_path):
+    """A folder with several sub-folders is listed by Ray tasks (each a run of sub-folders)
+    and merged in path order with the top folder's own files: the same rows, ids, errors and
+    order as one walk here, and that order is the paths' ("a-b/" < "a.wav" < "a/" < "a0")."""
+    d = tmp_path / "in"
+    for name in ["a.wav", "a/x.wav", "a-b/y.wav", "a0.wav", "b/c/d.wav", "b.flac", "b.wav", "c/e.mp3", "z.wav",
+                 *(f"d{k}/f.wav" for k in range(7))]:
+        _touch(d / name)
+    os.symlink(d, d / "c" / "up")  # a link back up: not followed
+    os.symlink(d / "missing.wav", d / "a" / "gone.wav")
+    serial = resolve_input(str(d))
+    started = []
+    fanned = resolve_input(str(d), start_ray=lambda: started.append(True))
+    assert started == [True] and fanned.equals(serial)
+    uris = serial.column("uri").to_pylist()
+    assert uris == sorted(uris) and len(uris) == 17
+    assert serial.column("utt_id").to_pylist()[:9] == ["a-b/y", "a", "a/gone", "a/x", "a0", "b", "b#dup1", "b/c/d", "c/e"]
+    errors = dict(zip(serial.column("utt_id").to_pylist(), serial.column("error").to_pylist()))
+    assert errors["a/gone"].startswith("input: broken symbolic link") and errors["b#dup1"].startswith("input: duplicate utt_id 'b'")
+    assert serial.column("source_row").to_pylist() == list(range(17))
+
+
+def test_bucket_prefix_is_listed_by_sub_prefix_in_path_order(tmp_path):
+    """A remote prefix (here fsspec's in-memory store: it lives in this process, so its
+    sub-prefixes are listed here, as a Ray task lists each on a cluster) gives every audio
+    object below it, in path order, with ids relative to the prefix and remote URIs."""
+    import fsspec
+
+    store, bucket = fsspec.filesystem("memory"), f"bucket-{tmp_path.name}"
+    for name in ["a.wav", "a/x.wav", "a-b/y.wav", "b.flac", "d/e/f.mp3", "notes.txt"]:
+        store.pipe(f"/{bucket}/corpus/{name}", b"xx")
+    t = resolve_input(f"memory://{bucket}/corpus")
+    assert t.column("utt_id").to_pylist() == ["a-b/y", "a", "a/x", "b", "d/e/f"]
+    assert t.column("uri").to_pylist()[1] == f"memory:///{bucket}/corpus/a.wav"
+    assert t.column("source_size").to_pylist() == [2] * 5
