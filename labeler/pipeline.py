@@ -17,7 +17,7 @@ from typing import Optional
 
 from labeler import schema as S
 from labeler.config import LabelConfig
-from labeler.runs import RunPlan, RunResult, find_committed, init_ray, on_ray, run, stream_run_rows
+from labeler.runs import RunPlan, RunResult, find_committed, init_ray, known_inputs, run, stream_run_rows
 
 
 def run_labeling(cfg: LabelConfig) -> RunResult:
@@ -26,7 +26,6 @@ def run_labeling(cfg: LabelConfig) -> RunResult:
     Re-running the same configuration after a crash resumes the unfinished run; audio
     already transcribed with the same ASR settings is not transcribed again.
     """
-    from labeler.cache import known_sources
     from labeler.sources import resolve_input
     from labeler.stages.asr import ASRStage
     from labeler.stages.decode import DecodeStage
@@ -44,7 +43,7 @@ def run_labeling(cfg: LabelConfig) -> RunResult:
         stages=(DecodeStage, ASRStage, EntailStage),
         # a file read before with the same URI, size and mtime/ETag is not read again (cache.rehash
         # reads it); looked up in a Ray task, so the sources/ table never reaches the driver
-        prepare=lambda todo: on_ray(known_sources, cfg.output, todo, cfg.cache.rehash or not cfg.cache.transcripts),
+        prepare=lambda todo: known_inputs(cfg.output, todo, cfg.cache.rehash or not cfg.cache.transcripts),
     )
     return run(cfg, plan)
 

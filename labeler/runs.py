@@ -32,7 +32,7 @@ import posixpath
 import secrets
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -81,6 +81,69 @@ def drop_ids(batch: pa.Table, ids: pa.Array) -> pa.Table:
     import pyarrow.compute as pc
 
     return batch.filter(pc.invert(pc.is_in(batch.column("utt_id"), value_set=ids)))
+
+
+@dataclass
+class ListedInputs:
+    """A label run's input rows (the listing, less what a resumed run staged) put into the
+    object store once, with the sha256 earlier runs read for each row (``known_sha256``,
+    null when unknown) beside it as another object. Ray tasks cut the stages' input blocks
+    from them (:func:`cut_blocks`), so the driver never copies the listing again; it keeps
+    its own ``table`` for counts and the few rows it looks up."""
+
+    table: pa.Table
+    ref: Any  # ObjectRef of ``table``
+    known: Any  # ObjectRef of a pa.Array: known_sha256 of each row
+
+    @property
+    def num_rows(self) -> int:
+        return self.table.num_rows
+
+    @property
+    def column_names(self) -> list[str]:
+        return [*self.table.column_names, "known_sha256"]
+
+
+def known_inputs(root: str, todo: pa.Table, rehash: bool) -> tuple[Any, dict[str, int]]:
+    """``todo`` as :class:`ListedInputs`: which files earlier runs read with the same URI,
+    size and version (:func:`labeler.cache.known_sources`) is looked up by a Ray task, so
+    the ``sources/`` table never reaches the driver, and its answer stays in the object
+    store. Returns the inputs and the counts of new and changed files."""
+    import ray
+
+    if not todo.num_rows:
+        return todo, {"sources_new": 0, "sources_changed": 0}
+    ref = ray.put(todo)
+    known, counts = ray.remote(num_returns=2, max_retries=3)(_known_column).remote(root, ref, rehash)
+    return ListedInputs(todo, ref, known), ray.get(counts)
+
+
+def _known_column(root: str, todo: pa.Table, rehash: bool) -> tuple[pa.Array, dict[str, int]]:
+    from labeler.cache import known_sources
+
+    t, counts = known_sources(root, todo, rehash)
+    return t.column("known_sha256").combine_chunks(), counts
+
+
+def cut_blocks(todo: Any, step: int, rows: Optional[np.ndarray] = None) -> list[Any]:
+    """The stages' input blocks of ``step`` rows: of every row of ``todo``, or of the given
+    ``rows`` in their order. For :class:`ListedInputs` they are cut by a Ray task (a
+    generator: each block is its own object) from what is in the object store, and the
+    driver gets their refs; a table is cut here."""
+    if isinstance(todo, pa.Table):
+        return input_blocks(todo if rows is None else todo.take(pa.array(rows, pa.int64())), step)
+    if rows is not None and not len(rows):
+        return []
+    import ray
+
+    cut = ray.remote(max_retries=3)(_cut)
+    return list(cut.remote(todo.ref, todo.known, step, None if rows is None else ray.put(np.asarray(rows, np.int64))))
+
+
+def _cut(table: pa.Table, known: pa.Array, step: int, rows: Optional[np.ndarray]) -> Iterator[pa.Table]:
+    t = table.append_column("known_sha256", known)
+    for block in input_blocks(t if rows is None else t.take(pa.array(rows, pa.int64())), step):
+        yield block
 
 
 @dataclass
@@ -148,65 +211,65 @@ def execute(cfg: LabelConfig, plan: RunPlan, run_id: str, todo: Any) -> tuple[di
     ctx, sizes = load_caches(cfg, plan)
     ctx.dedupe = "transcripts" in plan.caches
     passes = []
+    step = plan.stages[0].resources(cfg)["batch_size"]
     shard = cached_rows(cfg, todo, ctx)
+    rest = None  # rows of the usual pass (None: every row)
     if shard is not None and (shard >= 0).any():
         # files unchanged and transcribed before: a pass of their own, in large blocks that
         # each stage takes whole (no audio is opened, so a row costs microseconds per stage),
-        # ordered by the cache shard their transcripts are in, so a block needs one shard; on
-        # a night with nothing new and one shard that is the listing as it is, not copied
+        # ordered by the cache shard their transcripts are in, so a block needs one shard
         if (shard >= 0).all() and ctx.transcript_cache.k == 1:
-            passes.append(_pass(cfg, plan, run_id, todo, ctx, blocked=True))
-            todo = todo.slice(0, 0)
+            cached, rest = None, np.zeros(0, np.int64)
         else:
-            rows = np.flatnonzero(shard >= 0)
-            rows = rows[np.argsort(shard[rows], kind="stable")]
-            passes.append(_pass(cfg, plan, run_id, todo.take(pa.array(rows, pa.int64())), ctx, blocked=True))
-            todo = todo.filter(pa.array(shard < 0))
-    if todo.num_rows:
-        passes.append(_pass(cfg, plan, run_id, todo, ctx))
+            cached, rest = np.flatnonzero(shard >= 0), np.flatnonzero(shard < 0)
+            cached = cached[np.argsort(shard[cached], kind="stable")]
+        passes.append(_pass(cfg, plan, run_id, cut_blocks(todo, CACHED_ROWS_PER_BLOCK, cached), ctx, blocked=True))
+    if rest is None or len(rest):
+        passes.append(_pass(cfg, plan, run_id, todo if isinstance(todo, StreamedInputs) else cut_blocks(todo, step, rest), ctx))
     deferred = [u for _, side in passes for u in side.pop("deferred", [])]
     rows, side = merge_stats([r for r, _ in passes]), functools.reduce(merge_side, [s for _, s in passes])
     if deferred:
-        copies = todo.filter(pc.is_in(todo.column("utt_id"), value_set=pa.array(deferred, pa.string())))
+        listing = todo.table if isinstance(todo, ListedInputs) else todo
+        copies = np.flatnonzero(pc.is_in(listing.column("utt_id"), value_set=pa.array(deferred, pa.string())).to_numpy(zero_copy_only=False))
         own = CacheSource("transcripts", S.staging_dir(cfg.output, run_id), ((cfg.asr.config_hash(), cfg.segmented_hash()),))
         ctx.transcript_cache, _ = finish_cache_build(start_cache_build(own, cfg.cache.shard_mb, cfg.cache.shards))
         ctx.dedupe, ctx.second_pass = False, True
-        rows2, side2 = _pass(cfg, plan, run_id, copies, ctx)
+        rows2, side2 = _pass(cfg, plan, run_id, cut_blocks(todo, step, copies), ctx)
         side2.pop("deferred", None)
         rows, side = merge_stats([rows, rows2]), merge_side(side, side2)
     return rows, side, sizes
 
 
 def cached_rows(cfg: LabelConfig, todo: Any, ctx: StageContext) -> Optional[np.ndarray]:
-    """Which rows of a label run's ``todo`` are files known unchanged (``known_sha256``)
+    """Which rows of a label run's ``todo`` (:class:`ListedInputs`) are files known unchanged
     whose transcripts, under this run's settings, are in the transcript cache: the shard of
-    the cache they are in, -1 for every other row. Looked up by one Ray task per shard,
-    beside it, so the driver holds one integer per row and never a shard. None when no row
-    can be."""
+    the cache they are in, -1 for every other row. Ray tasks split the known sha256 by shard
+    and look each shard's up beside it, so the driver holds one small integer per row and
+    never a sha256 or a shard. None when no row can be."""
     import ray
 
-    from labeler.cache import cached_mask
+    from labeler.cache import cached_mask, shard_of
 
     shards = ctx.transcript_cache
-    if not isinstance(todo, pa.Table) or "known_sha256" not in todo.column_names or shards is None:
+    if not isinstance(todo, ListedInputs) or shards is None:
         return None
-    shas = todo.column("known_sha256").combine_chunks()
-    shard = shards.split(shas)
-    out = np.full(todo.num_rows, -1, np.int16)
+    shard_ref = ray.remote(max_retries=3)(shard_of).remote(todo.known, shards.k)
     present = [j for j, part in enumerate(shards.parts) if part is not None]
-    shas_ref, shard_ref = ray.put(shas), ray.put(shard)
     task = ray.remote(max_retries=3)(cached_mask)
-    masks = ray.get([task.remote(shards.parts[j], shas_ref, cfg.asr.config_hash(), cfg.segmented_hash(), cfg.segment,
-                                 shard_ref, j) for j in present])
-    for j, mask in zip(present, masks):
+    masks = [task.remote(shards.parts[j], todo.known, cfg.asr.config_hash(), cfg.segmented_hash(), cfg.segment, shard_ref, j)
+             for j in present]
+    shard = ray.get(shard_ref)
+    out = np.full(todo.num_rows, -1, np.int16)
+    for j, mask in zip(present, ray.get(masks)):
         out[shard == j] = np.where(mask, np.int16(j), np.int16(-1))
     return out
 
 
 def _pass(cfg: LabelConfig, plan: RunPlan, run_id: str, todo: Any, ctx: StageContext, blocked: bool = False) -> tuple[dict, dict]:
-    """One pass of ``todo`` through the stages into the sink, with its own attempt id and
-    collector. ``blocked``: rows that cost microseconds each (:func:`cached_rows`), cut into
-    blocks of :data:`CACHED_ROWS_PER_BLOCK` that every stage takes as one batch."""
+    """One pass of ``todo`` (:class:`StreamedInputs`, or input blocks: tables or refs to
+    them, :func:`cut_blocks`) through the stages into the sink, with its own attempt id and
+    collector. ``blocked``: rows that cost microseconds each (:func:`cached_rows`), in blocks
+    of :data:`CACHED_ROWS_PER_BLOCK` that every stage takes as one batch."""
     import ray
 
     from labeler.collector import start_collector
@@ -218,8 +281,10 @@ def _pass(cfg: LabelConfig, plan: RunPlan, run_id: str, todo: Any, ctx: StageCon
     try:
         if isinstance(todo, StreamedInputs):
             ds = todo.dataset()
+        elif todo and not isinstance(todo[0], pa.Table):
+            ds = ray.data.from_arrow_refs(todo)  # blocks cut by a Ray task (cut_blocks)
         else:
-            ds = ray.data.from_arrow(input_blocks(todo, CACHED_ROWS_PER_BLOCK if blocked else plan.stages[0].resources(cfg)["batch_size"]))
+            ds = ray.data.from_arrow(todo)
         sink = LabelsSink(cfg.output, run_id, attempt, cfg.out.rows_per_file, cfg.out.compression)
         try:
             chain(ds, plan.stages, cfg, ctx, blocked=blocked).write_datasink(

@@ -111,7 +111,7 @@ def resolve_input(spec: str, start_ray: Optional[Callable[[], None]] = None) -> 
     elif any(ch in spec for ch in "*?["):
         listed = _table(_from_glob(spec))
     else:
-        listed = _from_directory(spec, start_ray)
+        return _dedupe(*_from_directory(spec, start_ray))
     return _dedupe(listed)
 
 
@@ -132,7 +132,8 @@ def _listed(root: str, base: str, found: list[tuple[str, str | None, tuple]]) ->
     return _table([_Item(_strip_ext(_relative(p, base)), _to_uri(root, base, p), err, *meta) for p, err, meta in found])
 
 
-def _from_directory(root: str, start_ray: Optional[Callable[[], None]] = None) -> pa.Table:
+def _from_directory(root: str, start_ray: Optional[Callable[[], None]] = None) -> tuple[pa.Table, bool]:
+    """The listing of a folder or prefix, and whether its ids and URIs are known unique."""
     fs, path = filesystem(root)
     if is_local(root):
         return _from_local_directory(root, path, start_ray)
@@ -142,7 +143,7 @@ def _from_directory(root: str, start_ray: Optional[Callable[[], None]] = None) -
     if info.type == pafs.FileType.NotFound:
         raise InputError(f"input not found: {redact(root)}")
     if info.type == pafs.FileType.File:
-        return _table([_single_file(root, path)])
+        return _table([_single_file(root, path)]), True
     top = fs.get_file_info(pafs.FileSelector(path, recursive=False))
     subs = sorted(f.path for f in top if f.type == pafs.FileType.Directory)
     parts = _fan_out(_listed_remote, [(root, path, sub) for sub in subs], start_ray)
@@ -158,15 +159,22 @@ def _remote_found(root: str, path: str, infos) -> list[tuple[str, str | None, tu
             if f.type in (pafs.FileType.File, pafs.FileType.Unknown) and f.path.lower().endswith(AUDIO_EXTENSIONS)]
 
 
-def _listed_remote(root: str, path: str, sub: str) -> pa.Table:
-    """The listing of one sub-prefix ``sub`` of the input ``root`` (a Ray task's work)."""
+def _listed_remote(root: str, path: str, sub: str) -> tuple[pa.Table, bool]:
+    """The listing of one sub-prefix ``sub`` of the input ``root`` (a Ray task's work), and
+    whether its ids and URIs are unique."""
     import pyarrow.fs as pafs
 
     fs, _ = filesystem(root)
-    return _listed(root, path, _remote_found(root, path, fs.get_file_info(pafs.FileSelector(sub, recursive=True))))
+    t = _listed(root, path, _remote_found(root, path, fs.get_file_info(pafs.FileSelector(sub, recursive=True))))
+    return t, _unique(t)
 
 
-def _fan_out(list_part: Callable[..., pa.Table], args: list[tuple], start_ray: Optional[Callable[[], None]]) -> list[pa.Table]:
+def _unique(t: pa.Table) -> bool:
+    n = t.num_rows
+    return len(pc.unique(t.column("utt_id"))) == n and len(pc.unique(t.column("uri"))) == n
+
+
+def _fan_out(list_part: Callable[..., tuple[pa.Table, bool]], args: list[tuple], start_ray: Optional[Callable[[], None]]) -> list[tuple[pa.Table, bool]]:
     """``list_part(*a)`` for each of ``args``, in order: by Ray tasks (two per CPU of the
     cluster, each taking a run of the parts) when there are several and ``start_ray`` is
     given, else here, one after another."""
@@ -181,14 +189,19 @@ def _fan_out(list_part: Callable[..., pa.Table], args: list[tuple], start_ray: O
     return [t for ts in ray.get([task.remote(list_part, args[i:i + step]) for i in range(0, len(args), step)]) for t in ts]
 
 
-def _list_parts(list_part: Callable[..., pa.Table], args: list[tuple]) -> list[pa.Table]:
+def _list_parts(list_part: Callable[..., tuple[pa.Table, bool]], args: list[tuple]) -> list[tuple[pa.Table, bool]]:
     return [list_part(*a) for a in args]
 
 
-def _merge(top: pa.Table, parts: list[pa.Table], subs: list[str], root: str) -> pa.Table:
-    """The top folder's own files and its sub-folders' listings (``parts``, in the order of
-    ``subs``) as one listing in path order: a sub-folder's paths are contiguous in that
-    order, so the parts are interleaved with runs of the top files, not sorted again."""
+def _merge(top: pa.Table, listed: list[tuple[pa.Table, bool]], subs: list[str], root: str) -> tuple[pa.Table, bool]:
+    """The top folder's own files and its sub-folders' listings (``listed``, in the order of
+    ``subs``, each with whether its ids and URIs are unique) as one listing in path order: a
+    sub-folder's paths are contiguous in that order, so the parts are interleaved with runs of
+    the top files, not sorted again. Whether the whole is unique follows from its parts (a
+    sub-folder's ids and paths start with its own name and a ``/``, a top file's have no
+    ``/``), so no table of the whole listing is built to check it."""
+    parts = [t for t, _ in listed]
+    unique = all(u for _, u in listed) and _unique(top)
     files = [u if is_local(u) else u.split("://", 1)[1] for u in top.column("uri").to_pylist()] if parts else []
     keys = sorted([(p, 0, k) for k, p in enumerate(files)] + [(sub.rstrip("/") + "/", 1, k) for k, sub in enumerate(subs)])
     pieces, start, stop = [], 0, 0  # top.slice(start, stop - start): the run of top files not yet placed
@@ -201,7 +214,7 @@ def _merge(top: pa.Table, parts: list[pa.Table], subs: list[str], root: str) -> 
     pieces = [p for p in [*pieces, top.slice(start)] if p.num_rows]
     if not pieces:
         raise InputError(f"no audio files ({', '.join(AUDIO_EXTENSIONS[:6])}, ...) found under {redact(root)}")
-    return pa.concat_tables(pieces) if len(pieces) > 1 else pieces[0]
+    return (pa.concat_tables(pieces) if len(pieces) > 1 else pieces[0]), unique
 
 
 def _single_file(root: str, path: str) -> _Item:
@@ -213,7 +226,7 @@ def _single_file(root: str, path: str) -> _Item:
     )
 
 
-def _from_local_directory(root: str, path: str, start_ray: Optional[Callable[[], None]] = None) -> pa.Table:
+def _from_local_directory(root: str, path: str, start_ray: Optional[Callable[[], None]] = None) -> tuple[pa.Table, bool]:
     """A local folder, walked with ``os.scandir``: pyarrow's listing silently drops broken
     symbolic links and reports FIFOs/sockets as ``FileType.Unknown``; here each entry
     named like audio becomes a row, with an error when it is not a readable regular file.
@@ -229,7 +242,7 @@ def _from_local_directory(root: str, path: str, start_ray: Optional[Callable[[],
         raise InputError(f"cannot read input {redact(root)}: {exc.strerror or exc}") from None
     if _stat.S_ISREG(st.st_mode):
         item = _single_file(root, path)
-        return _table([_Item(item.utt_id, item.uri, None, *_local_meta(st))])
+        return _table([_Item(item.utt_id, item.uri, None, *_local_meta(st))]), True
     if not _stat.S_ISDIR(st.st_mode):
         raise InputError(f"input {redact(root)} is not a regular file or folder ({_kind(st.st_mode)}); not read")
     found, folders = _scan_local(path, frozenset([(st.st_dev, st.st_ino)]), recurse=False)
@@ -238,9 +251,11 @@ def _from_local_directory(root: str, path: str, start_ray: Optional[Callable[[],
     return _merge(_listed(root, path, found), parts, [f for f, _ in folders], root)
 
 
-def _listed_local(root: str, path: str, folder: str, above: frozenset) -> pa.Table:
-    """The listing of one sub-folder of the input folder (a Ray task's work)."""
-    return _listed(root, path, _scan_local(folder, above)[0])
+def _listed_local(root: str, path: str, folder: str, above: frozenset) -> tuple[pa.Table, bool]:
+    """The listing of one sub-folder of the input folder (a Ray task's work), and whether
+    its ids and URIs are unique."""
+    t = _listed(root, path, _scan_local(folder, above)[0])
+    return t, _unique(t)
 
 
 def _scan_local(top: str, above: frozenset, recurse: bool = True) -> tuple[list[tuple[str, str | None, tuple]], list[tuple[str, frozenset]]]:
@@ -424,14 +439,14 @@ def _manifest_row_check(uri: str) -> tuple[str | None, int | None, str | None]:
     return (err, None, None) if err else (None, *_local_meta(st))
 
 
-def _dedupe(listed: pa.Table) -> pa.Table:
+def _dedupe(listed: pa.Table, unique: bool = False) -> pa.Table:
     """The listing, its rows numbered; a row whose URI or ``utt_id`` an earlier row has
     becomes an error row with a ``#dup<k>`` id. A folder or a glob lists each URI once and
-    rarely two files with one id, so that common case is checked with Arrow first, without
-    the per-row bookkeeping."""
+    rarely two files with one id, so that common case is checked with Arrow first (or known
+    from the folder's parts: ``unique``), without the per-row bookkeeping."""
     n = listed.num_rows
     rows = pa.array(np.arange(n, dtype=np.int64))
-    if len(pc.unique(listed.column("utt_id"))) == n and len(pc.unique(listed.column("uri"))) == n:
+    if unique or _unique(listed):
         return listed.append_column("source_row", rows).select(INPUT_SCHEMA.names).cast(INPUT_SCHEMA)
     first_by_uri: dict[str, str] = {}
     first_by_id: dict[str, int] = {}
