@@ -52,6 +52,10 @@ ANCHOR_LOGPROB_THRESHOLD = -1.5
 ALIKE_LENGTH_S = 0.15
 ALIKE_POINTS = 32
 ALIKE_CORRELATION = 0.9
+# The spread plan may take this many windows more when that leaves no likes together: a
+# window more costs one encoder pass, a failed whole decode its decode again. (Copies of a
+# prompt outnumber the windows only in small batches, where one window is what it takes.)
+PACK_SPREAD_EXTRA = 1
 
 
 @dataclass(frozen=True)
@@ -128,8 +132,16 @@ def plan_windows(durations: Sequence[float], window_s: float, gap_s: float,
     plain, alone = _first_fit(durations, window_s, gap_s, 0, {}, apart)
     if not alike or len(plain) < 2:
         return plain, alone
-    spread, _ = _first_fit(durations, window_s, gap_s, len(plain), alike, apart)
-    return (spread if len(spread) <= len(plain) else plain), alone
+    best = plain
+    for extra in range(PACK_SPREAD_EXTRA + 1):
+        spread, _ = _first_fit(durations, window_s, gap_s, len(plain) + extra, alike, apart)
+        if len(spread) > len(plain) + extra:
+            continue
+        if not extra:
+            best = spread
+        if not any(alike.get(i, set()).intersection(w) for w in spread for i in w):
+            return spread, alone  # no likes left together
+    return best, alone
 
 
 def _first_fit(durations: Sequence[float], window_s: float, gap_s: float, opened: int,
@@ -289,7 +301,7 @@ class WhisperASR:
         self.pack_decode = cfg.pack_decode
         # Clips per path (cumulative): the ASR stage reports them.
         self.stats = {"packed_clips": 0, "packed_windows": 0, "failed_windows": 0, "retry_windows": 0,
-                      "retried_clips": 0, "skipped_windows": 0, "anchored_windows": 0, "single_clips": 0,
+                      "retried_clips": 0, "skipped_windows": 0, "anchored_windows": 0, "anchored_clips": 0, "single_clips": 0,
                       "alone_clips": 0}
         # Share of first-attempt windows that passed, decayed: below PACK_HEALTH_FLOOR (repeats
         # everywhere, every window failing) only one window of a group is tried packed.
@@ -462,14 +474,20 @@ class WhisperASR:
                 out[w] = o
         encoded = dict(zip(whole, encodings)) if len(encodings) == len(whole) else {}
         again = [w for w in anchorable if w not in set(whole) or out[w] is None or out[w][0] or not out[w][3] or out[w][1]]
+        # A trusted whole decode with at most half its clips doubtful (two clips repeating each
+        # other, a clip with no words) keeps its other clips: only the doubtful ones are decoded
+        # anchored, and the window counts as a whole decode that paid.
+        kept = {w: {i: r for i, r in out[w][2].items() if i not in out[w][1]} for w in again
+                if w in set(whole) and out[w] is not None and not out[w][0] and out[w][3]
+                and len(out[w][1]) <= len(windows[w]) // 2}
         for w in anchorable:  # how whole-window decoding fares on this speech (a direct one predicts it)
             if w in set(whole) and out[w] is not None:
-                passed = bool(not out[w][0] and out[w][3] and not out[w][1])
-                self._health(passed)
-                self.stats["failed_windows"] += int(not passed)
+                self._health(bool(not out[w][0] and out[w][3] and (not out[w][1] or w in kept)))
+                self.stats["failed_windows"] += int(bool(out[w][0] or not out[w][3] or out[w][1]))
         if again:
             self.stats["anchored_windows"] += len(again)
-            redo = self._decode_anchored(waveforms, [windows[w] for w in again], [encoded.get(w) for w in again])
+            redo = self._decode_anchored(waveforms, [windows[w] for w in again], [encoded.get(w) for w in again],
+                                         kept=[kept.get(w) for w in again])
             for w, o in zip(again, redo):
                 if w not in set(whole) and o is not None:  # would the whole decode have passed? repeats say no
                     texts = [o[2][i].text if i in o[2] else "" for i in windows[w]]
@@ -573,7 +591,8 @@ class WhisperASR:
         return [self._window_outcome(members, by_window.get(w, []), spans, want) for w, members in enumerate(windows)]
 
     def _decode_anchored(self, waveforms: Sequence[np.ndarray], windows: list[list[int]],
-                         encodings: Optional[Sequence[Optional[np.ndarray]]] = None, gap_s: Optional[float] = None
+                         encodings: Optional[Sequence[Optional[np.ndarray]]] = None, gap_s: Optional[float] = None,
+                         kept: Optional[Sequence[Optional[dict[int, ASRResult]]]] = None
                          ) -> list[Optional[tuple[bool, set[int], dict[int, ASRResult], bool]]]:
         """Packed windows encoded once, each clip decoded from its own start timestamp.
 
@@ -587,7 +606,9 @@ class WhisperASR:
         send a clip that ran on, looped or left speech uncovered to a one-clip window. The
         clips are independent: one doubtful clip casts no doubt on its neighbours.
         ``encodings[w]``: window ``w``'s encoder output when a whole decode already made it;
-        ``gap_s``: the silence between clips (``pack_gap_s`` unless given).
+        ``gap_s``: the silence between clips (``pack_gap_s`` unless given); ``kept[w]``: window
+        ``w``'s clips already settled by its whole decode (not decoded again; their text stands
+        beside the others' in the checks).
         """
         from faster_whisper.audio import pad_or_trim
         from faster_whisper.tokenizer import Tokenizer
@@ -602,12 +623,14 @@ class WhisperASR:
         for g in range(0, len(windows), self.chunk_batch_size):
             group = windows[g:g + self.chunk_batch_size]
             known = list(encodings[g:g + self.chunk_batch_size]) if encodings is not None else [None] * len(group)
+            settled: dict[int, ASRResult] = {i: r for k in (kept or [])[g:g + self.chunk_batch_size] for i, r in (k or {}).items()}
             audios, spans = [], {}
             for members in group:
                 window, at = lay_out(waveforms, members, gap)
                 audios.append(window)
                 spans.update({i: (a / SAMPLE_RATE, b / SAMPLE_RATE) for i, (a, b) in at.items()})
-            clips = [i for members in group for i in members]
+            clips = [i for members in group for i in members if i not in settled]
+            self.stats["anchored_clips"] += len(clips)
             row_of = {i: w for w, members in enumerate(group) for i in members}
             try:
                 todo = [w for w, e in enumerate(known) if e is None]
@@ -632,7 +655,8 @@ class WhisperASR:
                     raise device_error("of packed windows", exc) from exc
                 out += [None] * len(group)
                 continue
-            decoded: dict[int, tuple[str, Optional[float], float, float, bool]] = {}
+            decoded: dict[int, tuple[str, Optional[float], float, float, bool]] = {
+                i: (r.text, spans[i][1], r.avg_logprob or 0.0, r.no_speech_prob or 0.0, False) for i, r in settled.items()}
             for i, res in results.items():
                 ids = res.sequences_ids[0]  # the forced start timestamp, then what was generated
                 text_ids, end = clip_tokens(ids, ts0, spans[i][1] + gap_s / 2)
@@ -646,7 +670,9 @@ class WhisperASR:
                 doubts = anchored_doubts(texts, [decoded[i][1] for i in members], [decoded[i][4] for i in members],
                                          [spans[i] for i in members], [waveforms[i] for i in members], gap_s)
                 doubts |= {k for k, i in enumerate(members) if decoded[i][2] < ANCHOR_LOGPROB_THRESHOLD}
-                results_w = {i: ASRResult(decoded[i][0], self.pack_language, 1.0, decoded[i][2], decoded[i][3], 1, packed=True)
+                doubts -= {k for k, i in enumerate(members) if i in settled}
+                results_w = {i: settled.get(i) or ASRResult(decoded[i][0], self.pack_language, 1.0, decoded[i][2],
+                                                            decoded[i][3], 1, packed=True)
                              for k, i in enumerate(members) if k not in doubts}
                 out.append((False, {members[k] for k in doubts}, results_w, True))
         return out

@@ -425,6 +425,26 @@ def test_anchored_windows_keep_repeats_and_distinct_clips_packed(asr, repeated, 
     assert asr.stats["packed_clips"] - before["packed_clips"] >= 7
 
 
+def test_a_whole_window_with_one_repeat_keeps_its_other_clips(asr, repeated, speech):
+    """Anchored (the default): a window of distinct prompts holding one sentence twice (two
+    voices) is decoded whole; the two repeating clips are decoded again anchored, the
+    others keep their whole-window transcripts (fewer clips decoded anchored than the
+    window holds), and every transcript is right."""
+    from bench.speech import wer
+
+    clips, audios = speech
+    waves = list(audios[1:5]) + list(repeated[:2])
+    before = dict(asr.stats)
+    results = asr.transcribe_batch(waves)
+    for c, r in zip(clips[1:5], results[:4]):
+        assert r.packed and wer([c.reference], [r.text]) <= 20.0, (c.reference, r.text)
+    for r in results[4:]:
+        assert _norm(r.text) == _norm(SENTENCE), r.text
+    assert asr.stats["packed_windows"] - before["packed_windows"] == 1
+    assert asr.stats["anchored_windows"] - before["anchored_windows"] == 1
+    assert 1 <= asr.stats["anchored_clips"] - before["anchored_clips"] < len(waves)
+
+
 def test_anchored_decode_takes_its_own_clip_and_doubts_run_ons():
     ts = 1000  # the first timestamp token; one step is 0.02 s
     # <|0.00|> a b <|1.00|><|1.20|> c <|1.80|><|3.00|> d: the segment at 3.00 s is the next clip's
