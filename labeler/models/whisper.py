@@ -46,6 +46,16 @@ SILENT_RMS = 10 ** (-50 / 20)
 # An anchored decode's score averages its timestamp tokens in, which are less likely than
 # text: a right "Agent logged in." scores -1.0 to -1.4 there, so the gate is set lower.
 ANCHOR_LOGPROB_THRESHOLD = -1.5
+# Likely repeats go to different windows when the plan allows (:func:`alike_clips`): lengths
+# within this much (the copies of one prompt in recordings of one call centre differ by
+# 0-0.13 s after VAD) and loudness shapes (ALIKE_POINTS steps) correlated this well.
+ALIKE_LENGTH_S = 0.15
+ALIKE_POINTS = 32
+ALIKE_CORRELATION = 0.9
+# The spread plan may take this many windows more when that leaves no likes together: a
+# window more costs one encoder pass, a failed whole decode its decode again. (Copies of a
+# prompt outnumber the windows only in small batches, where one window is what it takes.)
+PACK_SPREAD_EXTRA = 1
 
 
 @dataclass(frozen=True)
@@ -100,29 +110,90 @@ def packing_language(language: Optional[str], multilingual: bool) -> Optional[st
     return language or (None if multilingual else "en")
 
 
-def plan_windows(durations: Sequence[float], window_s: float, gap_s: float) -> tuple[list[list[int]], list[int]]:
+def plan_windows(durations: Sequence[float], window_s: float, gap_s: float,
+                 alike: Optional[dict[int, set[int]]] = None,
+                 keep_apart: Optional[dict[int, set[int]]] = None) -> tuple[list[list[int]], list[int]]:
     """Pack clips into windows of at most ``window_s`` seconds (clips plus gaps between them).
 
     First-fit decreasing: longest clips first, each into the first window with room.
     Returns (windows as lists of clip indices, clips that fit no window and go alone).
-    Zero-length clips go alone too (there is nothing to pack)."""
-    windows: list[list[int]] = []
-    fill: list[float] = []
+    Zero-length clips go alone too (there is nothing to pack).
+
+    ``alike`` (clip -> clips, from :func:`alike_clips`) spreads likely repeats over different
+    windows: a repeated prompt, greeting or jingle has the same length each time, and
+    first-fit decreasing, which takes clips in order of length, would put its copies side by
+    side in one window, where Whisper drops or merges repeats and the window's checks fail.
+    The windows of the plain plan are opened first and each clip goes to the first one with
+    room and nothing alike, else to the first with room; the spread plan is kept unless it
+    needs more windows than the plain one. ``keep_apart`` (clip -> clips) is a hard rule: a
+    clip never shares a window with the clips named for it, even if that takes a window
+    more (clips whose texts repeated each other in a window, packed again apart)."""
+    apart = keep_apart or {}
+    plain, alone = _first_fit(durations, window_s, gap_s, 0, {}, apart)
+    if not alike or len(plain) < 2:
+        return plain, alone
+    best = plain
+    for extra in range(PACK_SPREAD_EXTRA + 1):
+        spread, _ = _first_fit(durations, window_s, gap_s, len(plain) + extra, alike, apart)
+        if len(spread) > len(plain) + extra:
+            continue
+        if not extra:
+            best = spread
+        if not any(alike.get(i, set()).intersection(w) for w in spread for i in w):
+            return spread, alone  # no likes left together
+    return best, alone
+
+
+def _first_fit(durations: Sequence[float], window_s: float, gap_s: float, opened: int,
+               alike: dict[int, set[int]], keep_apart: dict[int, set[int]]) -> tuple[list[list[int]], list[int]]:
+    """:func:`plan_windows` with ``opened`` empty windows to start from."""
+    windows: list[list[int]] = [[] for _ in range(opened)]
+    fill: list[float] = [-gap_s] * opened  # an empty window: the next clip adds no gap
     alone: list[int] = []
     for i in sorted(range(len(durations)), key=lambda k: (-durations[k], k)):
         d = durations[i]
         if d <= 0 or d > window_s:
             alone.append(i)
             continue
-        for w, used in enumerate(fill):
-            if used + gap_s + d <= window_s:
-                windows[w].append(i)
-                fill[w] = used + gap_s + d
-                break
-        else:
-            windows.append([i])
-            fill.append(d)
-    return windows, sorted(alone)
+        never, near = keep_apart.get(i, set()), alike.get(i, set())
+        room = [w for w, used in enumerate(fill)
+                if used + gap_s + d <= window_s and not any(j in never or i in keep_apart.get(j, ()) for j in windows[w])]
+        clear = [w for w in room if not near.intersection(windows[w])]
+        w = (clear or room or [None])[0]
+        if w is None:
+            windows.append([])
+            fill.append(-gap_s)
+            w = len(windows) - 1
+        windows[w].append(i)
+        fill[w] += gap_s + d
+    return [w for w in windows if w], sorted(alone)
+
+
+def loudness_shape(waveform: np.ndarray, points: int = ALIKE_POINTS) -> np.ndarray:
+    """A clip's loudness over time in ``points`` steps (dB of 25-ms frames, resampled to a
+    fixed length, mean removed, unit norm): the same recording played twice, at another
+    gain, with a little noise or a few frames more or less, keeps its shape."""
+    rms = frame_rms(waveform)
+    if len(rms) < 2:
+        return np.zeros(points)
+    db = 20 * np.log10(np.maximum(rms, 1e-4))
+    shape = np.interp(np.linspace(0, len(db) - 1, points), np.arange(len(db)), db)
+    shape -= shape.mean()
+    norm = float(np.linalg.norm(shape))
+    return shape / norm if norm > 0 else shape
+
+
+def alike_clips(waveforms: Sequence[np.ndarray], length_s: float = ALIKE_LENGTH_S,
+                correlation: float = ALIKE_CORRELATION) -> dict[int, set[int]]:
+    """Clips that are likely the same speech (clip -> clips): lengths within ``length_s`` and
+    loudness shapes (:func:`loudness_shape`) correlated at least ``correlation``."""
+    if len(waveforms) < 2:
+        return {}
+    d = np.array([len(w) / SAMPLE_RATE for w in waveforms])
+    shapes = np.stack([loudness_shape(w) for w in waveforms])
+    near = (np.abs(d[:, None] - d[None, :]) <= length_s) & (shapes @ shapes.T >= correlation)
+    np.fill_diagonal(near, False)
+    return {int(i): set(np.flatnonzero(row).tolist()) for i, row in enumerate(near) if row.any()}
 
 
 def attribute_words(
@@ -230,7 +301,7 @@ class WhisperASR:
         self.pack_decode = cfg.pack_decode
         # Clips per path (cumulative): the ASR stage reports them.
         self.stats = {"packed_clips": 0, "packed_windows": 0, "failed_windows": 0, "retry_windows": 0,
-                      "retried_clips": 0, "skipped_windows": 0, "anchored_windows": 0, "single_clips": 0,
+                      "retried_clips": 0, "skipped_windows": 0, "anchored_windows": 0, "anchored_clips": 0, "single_clips": 0,
                       "alone_clips": 0}
         # Share of first-attempt windows that passed, decayed: below PACK_HEALTH_FLOOR (repeats
         # everywhere, every window failing) only one window of a group is tried packed.
@@ -274,7 +345,7 @@ class WhisperASR:
         alone = list(range(len(waveforms)))
         if self.pack_clips and len(waveforms) > 1:
             durations = [len(w) / SAMPLE_RATE for w in waveforms]
-            windows, alone = plan_windows(durations, self.pack_window_s, self.pack_gap_s)
+            windows, alone = plan_windows(durations, self.pack_window_s, self.pack_gap_s, alike_clips(waveforms))
             singles: list[int] = []
             for g in range(0, len(windows), self.chunk_batch_size):
                 group = windows[g:g + self.chunk_batch_size]
@@ -321,12 +392,14 @@ class WhisperASR:
             self.stats["retry_windows" if not first else "packed_windows"] += len(pending)
             outcomes = self._decode_windows(waveforms, [m for m, _ in pending], want)
             repack: list[int] = []
+            said: dict[int, str] = {}  # repacked clips that repeated others: their text, to pack them apart
             nxt: list[tuple[list[int], int]] = []
             for (members, tries), outcome in zip(pending, outcomes):
                 if outcome is None:  # the batch failed: each clip on its own
                     singles += members
                     continue
-                failed, doubtful, accepted, trusted = outcome
+                failed, doubtful, accepted, trusted = outcome[:4]
+                partners = outcome[4] if len(outcome) > 4 else {}  # clips doubtful only as repeats
                 if first and not self._anchorable(members, want):  # how packing fares, remembered across batches
                     self._health(not failed and trusted)
                 if not failed and trusted:
@@ -334,7 +407,11 @@ class WhisperASR:
                         if i not in doubtful:
                             results[i] = res
                             self.stats["packed_clips"] += 1
-                    singles += sorted(doubtful)
+                    self.stats["failed_windows"] += int(bool(partners))  # clips repeated each other
+                    again = [i for i in doubtful if i in partners and tries < self.pack_retry_splits]
+                    singles += sorted(set(doubtful) - set(again))
+                    repack += again
+                    said.update((i, accepted[i].text) for i in again)
                     continue
                 self.stats["failed_windows"] += 1
                 if failed and len(members) == 1:
@@ -345,11 +422,15 @@ class WhisperASR:
                 elif failed:
                     singles += members
                 else:
-                    singles += sorted(doubtful)
-                    rest = [i for i in members if i not in doubtful]
-                    (repack if tries < self.pack_retry_splits else singles).extend(rest)
+                    again = tries < self.pack_retry_splits
+                    singles += sorted(i for i in doubtful if not (again and i in partners))
+                    rest = [i for i in members if i not in doubtful or (again and i in partners)]
+                    (repack if again else singles).extend(rest)
+                    if again:
+                        said.update((i, accepted[i].text) for i in partners)
             if repack:
-                again, lone = plan_windows([durations[i] for i in repack], self.pack_window_s, self.pack_gap_s)
+                again, lone = plan_windows([durations[i] for i in repack], self.pack_window_s, self.pack_gap_s,
+                                           alike_clips([waveforms[i] for i in repack]), apart_by_text(repack, said))
                 nxt += [([repack[k] for k in w], self.pack_retry_splits) for w in again if len(w) > 1]
                 singles += [repack[k] for w in again if len(w) == 1 for k in w] + [repack[k] for k in lone]
             self.stats["retried_clips"] += sum(len(m) for m, _ in nxt)
@@ -393,14 +474,20 @@ class WhisperASR:
                 out[w] = o
         encoded = dict(zip(whole, encodings)) if len(encodings) == len(whole) else {}
         again = [w for w in anchorable if w not in set(whole) or out[w] is None or out[w][0] or not out[w][3] or out[w][1]]
+        # A trusted whole decode with at most half its clips doubtful (two clips repeating each
+        # other, a clip with no words) keeps its other clips: only the doubtful ones are decoded
+        # anchored, and the window counts as a whole decode that paid.
+        kept = {w: {i: r for i, r in out[w][2].items() if i not in out[w][1]} for w in again
+                if w in set(whole) and out[w] is not None and not out[w][0] and out[w][3]
+                and len(out[w][1]) <= len(windows[w]) // 2}
         for w in anchorable:  # how whole-window decoding fares on this speech (a direct one predicts it)
             if w in set(whole) and out[w] is not None:
-                passed = bool(not out[w][0] and out[w][3] and not out[w][1])
-                self._health(passed)
-                self.stats["failed_windows"] += int(not passed)
+                self._health(bool(not out[w][0] and out[w][3] and (not out[w][1] or w in kept)))
+                self.stats["failed_windows"] += int(bool(out[w][0] or not out[w][3] or out[w][1]))
         if again:
             self.stats["anchored_windows"] += len(again)
-            redo = self._decode_anchored(waveforms, [windows[w] for w in again], [encoded.get(w) for w in again])
+            redo = self._decode_anchored(waveforms, [windows[w] for w in again], [encoded.get(w) for w in again],
+                                         kept=[kept.get(w) for w in again])
             for w, o in zip(again, redo):
                 if w not in set(whole) and o is not None:  # would the whole decode have passed? repeats say no
                     texts = [o[2][i].text if i in o[2] else "" for i in windows[w]]
@@ -504,7 +591,8 @@ class WhisperASR:
         return [self._window_outcome(members, by_window.get(w, []), spans, want) for w, members in enumerate(windows)]
 
     def _decode_anchored(self, waveforms: Sequence[np.ndarray], windows: list[list[int]],
-                         encodings: Optional[Sequence[Optional[np.ndarray]]] = None, gap_s: Optional[float] = None
+                         encodings: Optional[Sequence[Optional[np.ndarray]]] = None, gap_s: Optional[float] = None,
+                         kept: Optional[Sequence[Optional[dict[int, ASRResult]]]] = None
                          ) -> list[Optional[tuple[bool, set[int], dict[int, ASRResult], bool]]]:
         """Packed windows encoded once, each clip decoded from its own start timestamp.
 
@@ -518,7 +606,9 @@ class WhisperASR:
         send a clip that ran on, looped or left speech uncovered to a one-clip window. The
         clips are independent: one doubtful clip casts no doubt on its neighbours.
         ``encodings[w]``: window ``w``'s encoder output when a whole decode already made it;
-        ``gap_s``: the silence between clips (``pack_gap_s`` unless given).
+        ``gap_s``: the silence between clips (``pack_gap_s`` unless given); ``kept[w]``: window
+        ``w``'s clips already settled by its whole decode (not decoded again; their text stands
+        beside the others' in the checks).
         """
         from faster_whisper.audio import pad_or_trim
         from faster_whisper.tokenizer import Tokenizer
@@ -533,12 +623,14 @@ class WhisperASR:
         for g in range(0, len(windows), self.chunk_batch_size):
             group = windows[g:g + self.chunk_batch_size]
             known = list(encodings[g:g + self.chunk_batch_size]) if encodings is not None else [None] * len(group)
+            settled: dict[int, ASRResult] = {i: r for k in (kept or [])[g:g + self.chunk_batch_size] for i, r in (k or {}).items()}
             audios, spans = [], {}
             for members in group:
                 window, at = lay_out(waveforms, members, gap)
                 audios.append(window)
                 spans.update({i: (a / SAMPLE_RATE, b / SAMPLE_RATE) for i, (a, b) in at.items()})
-            clips = [i for members in group for i in members]
+            clips = [i for members in group for i in members if i not in settled]
+            self.stats["anchored_clips"] += len(clips)
             row_of = {i: w for w, members in enumerate(group) for i in members}
             try:
                 todo = [w for w, e in enumerate(known) if e is None]
@@ -563,7 +655,8 @@ class WhisperASR:
                     raise device_error("of packed windows", exc) from exc
                 out += [None] * len(group)
                 continue
-            decoded: dict[int, tuple[str, Optional[float], float, float, bool]] = {}
+            decoded: dict[int, tuple[str, Optional[float], float, float, bool]] = {
+                i: (r.text, spans[i][1], r.avg_logprob or 0.0, r.no_speech_prob or 0.0, False) for i, r in settled.items()}
             for i, res in results.items():
                 ids = res.sequences_ids[0]  # the forced start timestamp, then what was generated
                 text_ids, end = clip_tokens(ids, ts0, spans[i][1] + gap_s / 2)
@@ -577,7 +670,9 @@ class WhisperASR:
                 doubts = anchored_doubts(texts, [decoded[i][1] for i in members], [decoded[i][4] for i in members],
                                          [spans[i] for i in members], [waveforms[i] for i in members], gap_s)
                 doubts |= {k for k, i in enumerate(members) if decoded[i][2] < ANCHOR_LOGPROB_THRESHOLD}
-                results_w = {i: ASRResult(decoded[i][0], self.pack_language, 1.0, decoded[i][2], decoded[i][3], 1, packed=True)
+                doubts -= {k for k, i in enumerate(members) if i in settled}
+                results_w = {i: settled.get(i) or ASRResult(decoded[i][0], self.pack_language, 1.0, decoded[i][2],
+                                                            decoded[i][3], 1, packed=True)
                              for k, i in enumerate(members) if k not in doubts}
                 out.append((False, {members[k] for k in doubts}, results_w, True))
         return out
@@ -603,10 +698,22 @@ class WhisperASR:
         for wd, k in zip(words, owner):
             per_clip.setdefault(k, []).append(wd)
         texts = ["".join(wd.word for wd in per_clip.get(k, [])).strip() for k in range(len(members))]
-        doubtful |= doubtful_clips(texts, [spans[i][1] - spans[i][0] for i in members])
+        doubtful |= doubtful_clips(texts, [spans[i][1] - spans[i][0] for i in members], repeat_similarity=None)
+        pairs = repeat_pairs([normalize_text(t).split() for t in texts])
+        # Clips doubtful only because they repeat each other are packed again apart (their
+        # partners named), the others go to one-clip windows.
+        partners: dict[int, set[int]] = {}
+        for a, b in pairs:
+            for x, y in ((a, b), (b, a)):
+                if x not in doubtful:
+                    partners.setdefault(x, set()).add(members[y])
+        doubtful |= {k for pair in pairs for k in pair}
         # A clip with no words (silence, or a dropped repeat) goes to a window of its own; it
-        # casts doubt on its neighbours only when they are doubtful themselves.
-        trusted = all(k not in per_clip for k in doubtful)
+        # casts doubt on its neighbours only when they are doubtful themselves. Two clips that
+        # both say the same whole sentence at their own pace, nothing spilled, are what
+        # Whisper keeping a repeat looks like (a merge or a drop leaves one clip short, long
+        # or empty, which the other checks see): they cast no doubt on their neighbours.
+        trusted = all(k not in per_clip or k in partners for k in doubtful)
         results: dict[int, ASRResult] = {}
         for k, i in enumerate(members):
             mine = per_clip.get(k, [])
@@ -615,9 +722,10 @@ class WhisperASR:
             logp = float(np.mean([math.log(max(wd.probability, 1e-10)) for wd in mine]))
             if logp < LOGPROB_THRESHOLD:
                 doubtful.add(k)
+                partners.pop(k, None)
             clip_words = words_in_clip(((wd, no_speech) for wd in mine), spans[i]) if want[i] else None
             results[i] = ASRResult(texts[k], self.pack_language, 1.0, logp, no_speech, 1, packed=True, words=clip_words)
-        return False, {members[k] for k in doubtful}, results, trusted
+        return False, {members[k] for k in doubtful}, results, trusted, {members[k]: v for k, v in partners.items()}
 
 
 def lay_out(waveforms: Sequence[np.ndarray], members: Sequence[int], gap: np.ndarray) -> tuple[np.ndarray, dict[int, tuple[int, int]]]:
@@ -790,6 +898,23 @@ def repeats(a: Sequence[str], b: Sequence[str], similarity: float = 0.75) -> boo
     return len(short) >= 2 and any(list(long_[k:k + len(short)]) == list(short) for k in range(len(long_) - len(short) + 1))
 
 
+def apart_by_text(clips: Sequence[int], said: dict[int, str]) -> dict[int, set[int]]:
+    """``keep_apart`` for :func:`plan_windows` over ``clips`` (local indices): the clips whose
+    texts (``said``, by clip) repeat each other, in any window they came from."""
+    known = [k for k, i in enumerate(clips) if i in said]
+    pairs = repeat_pairs([normalize_text(said[clips[k]]).split() for k in known])
+    apart: dict[int, set[int]] = {}
+    for a, b in pairs:
+        apart.setdefault(known[a], set()).add(known[b])
+        apart.setdefault(known[b], set()).add(known[a])
+    return apart
+
+
+def repeat_pairs(words: Sequence[Sequence[str]], similarity: float = 0.75) -> list[tuple[int, int]]:
+    """The pairs (a, b), a < b, of word sequences that say nearly the same (:func:`repeats`)."""
+    return [(a, b) for a in range(len(words)) for b in range(a + 1, len(words)) if repeats(words[a], words[b], similarity)]
+
+
 def doubtful_clips(texts: Sequence[str], durations: Sequence[float], *, repeat_similarity: Optional[float] = 0.75,
                    rate_band: tuple[float, float] = RATE_BAND) -> set[int]:
     """The clips of one packed window whose attributed text cannot be trusted (indices).
@@ -811,10 +936,8 @@ def doubtful_clips(texts: Sequence[str], durations: Sequence[float], *, repeat_s
     for k, t in enumerate(texts):
         if not words[k] or compression_ratio(t) > COMPRESSION_RATIO_THRESHOLD:
             bad.add(k)
-    for a in range(len(texts) if repeat_similarity is not None else 0):
-        for b in range(a + 1, len(texts)):
-            if repeats(words[a], words[b], repeat_similarity):
-                bad.update((a, b))
+    if repeat_similarity is not None:
+        bad.update(k for pair in repeat_pairs(words, repeat_similarity) for k in pair)
     rates = [len("".join(w)) / max(d, 0.1) for w, d in zip(words, durations)]
     spoken = [r for r in rates if r > 0]
     if len(spoken) >= 2:
