@@ -98,8 +98,8 @@ def _remote_meta(info) -> tuple[int | None, str | None]:
 def resolve_input(spec: str, start_ray: Optional[Callable[[], None]] = None) -> pa.Table:
     """Return the run's input rows as an Arrow table with :data:`INPUT_SCHEMA`.
 
-    A folder's sub-folders (a bucket prefix's sub-prefixes) are listed by one Ray task each
-    when it has several and ``start_ray`` is given (it is called first, to connect): the
+    A folder's sub-folders (a bucket prefix's sub-prefixes) are listed by Ray tasks, each a
+    run of them, when it has several and ``start_ray`` is given (called first, to connect): the
     walk's Python objects stay in the workers, a bucket's prefixes are listed at once, and
     the driver receives each part as Arrow (about 135 bytes a file). The input is checked
     (found, a folder) before Ray starts, so a mistyped path fails at once."""
