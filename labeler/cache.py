@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -39,6 +39,11 @@ def key64(*parts: str) -> int:
         h.update(p.encode("utf-8"))
         h.update(b"\x00")
     return int.from_bytes(h.digest(), "little")
+
+
+def pair_key(scorer_key: str, text: str, hypothesis: str) -> int:
+    """The score cache's key of a (transcript, hypothesis) pair under a scorer."""
+    return key64(scorer_key, text, hypothesis)
 
 
 def text_sha256(text: str) -> str:
@@ -152,10 +157,10 @@ class TranscriptCache:
                    S.TRANSCRIPTS_FILE_SCHEMA.empty_table().select([*TRANSCRIPT_COLUMNS, "asr_config_hash"]))
 
     @classmethod
-    def load(cls, root: str, asr_config_hashes: Iterable[str], files: Optional[Sequence[str]] = None) -> "TranscriptCache":
+    def load(cls, root: str, asr_config_hashes: Iterable[str]) -> "TranscriptCache":
         """The transcripts made with any of the given settings (a run looks up two: files
         transcribed whole, and segmented recordings)."""
-        return cls.from_rows(cls.read(root, asr_config_hashes, files))
+        return cls.from_rows(cls.read(root, asr_config_hashes))
 
     @staticmethod
     def read(root: str, asr_config_hashes: Iterable[str], files: Optional[Sequence[str]] = None) -> Optional[pa.Table]:
@@ -261,6 +266,14 @@ class Shards:
         """The shard of each key digest."""
         return shard_of(digests, self.k)
 
+    def groups(self, shard: np.ndarray) -> Iterator[tuple[Any, np.ndarray]]:
+        """(cache, positions) for each non-empty shard that ``shard`` (each key's shard, as
+        :meth:`split` gives) names: the keys a stage looks up in that shard."""
+        for j in np.unique(shard).tolist():
+            cache = self.get(j)
+            if cache is not None:
+                yield cache, np.flatnonzero(shard == j)
+
     def get(self, j: int) -> Any:
         """Shard ``j`` (None when empty), fetched from the object store on first use."""
         part = self.parts[j]
@@ -312,9 +325,8 @@ def find_cached(cache: Optional[Shards], shas: Sequence[str], whole_hash: str, s
     groups = np.full(len(shas), -1, np.int64)
     if cache is None or not len(cache):
         return shard, groups
-    for j in np.unique(shard).tolist():
-        rows = np.flatnonzero(shard == j)
-        groups[rows] = cached_groups(cache.get(j), [shas[i] for i in rows.tolist()], whole_hash, segmented_hash, applies)
+    for part, rows in cache.groups(shard):
+        groups[rows] = cached_groups(part, [shas[i] for i in rows.tolist()], whole_hash, segmented_hash, applies)
     return shard, groups
 
 
@@ -362,8 +374,8 @@ class ScoreCache:
         return cls(np.zeros(0, np.uint64), np.zeros(0, np.float32), scorer_key)
 
     @classmethod
-    def load(cls, root: str, scorer_key: str, hypotheses: Iterable[str], files: Optional[Sequence[str]] = None) -> "ScoreCache":
-        return cls.from_rows(cls.read(root, scorer_key, hypotheses, files), scorer_key)
+    def load(cls, root: str, scorer_key: str, hypotheses: Iterable[str]) -> "ScoreCache":
+        return cls.from_rows(cls.read(root, scorer_key, hypotheses), scorer_key)
 
     @staticmethod
     def read(root: str, scorer_key: str, hypotheses: Iterable[str], files: Optional[Sequence[str]] = None) -> Optional[pa.Table]:
@@ -385,7 +397,7 @@ class ScoreCache:
         return cls(keys.astype(np.uint64), raw[idx].astype(np.float32), scorer_key)
 
     def pair_key(self, text: str, hypothesis: str) -> int:
-        return key64(self.scorer_key, text, hypothesis)
+        return pair_key(self.scorer_key, text, hypothesis)
 
     def lookup(self, pair_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(found mask, raw scores where found)."""

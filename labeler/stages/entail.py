@@ -99,10 +99,10 @@ class EntailStage(Stage):
     def _raw_scores(self, premises: list[str]) -> np.ndarray:
         """Full raw matrix for ``premises``: cache, then memo, then the model for the rest.
         Newly scored pairs go to the score cache."""
-        from labeler.cache import key64, text_sha256
+        from labeler.cache import pair_key, text_sha256
 
         H = len(self.hypotheses)
-        keys = np.array([key64(self.scorer_key, p, h) for p in premises for h in self.hypotheses], dtype=np.uint64)
+        keys = np.array([pair_key(self.scorer_key, p, h) for p in premises for h in self.hypotheses], dtype=np.uint64)
         digests = [text_sha256(p) for p in premises]
         found, raw = self.lookup(keys, np.repeat(self.cache.split(digests), H))
         n_cached = int(found.sum())
@@ -135,11 +135,8 @@ class EntailStage(Stage):
         """(found mask, raw scores where found) of pair keys, each in its score-cache shard
         (the shard of its text)."""
         found, raw = np.zeros(len(keys), bool), np.zeros(len(keys), np.float32)
-        for j in np.unique(shard).tolist():
-            cache = self.cache.get(j)
-            if cache is not None:
-                rows = np.flatnonzero(shard == j)
-                found[rows], raw[rows] = cache.lookup(keys[rows])
+        for cache, rows in self.cache.groups(shard):
+            found[rows], raw[rows] = cache.lookup(keys[rows])
         return found, raw
 
     def process(self, batch: pa.Table) -> pa.Table:
