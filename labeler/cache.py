@@ -344,14 +344,10 @@ def cached_groups(cache: Optional[TranscriptCache], shas: Sequence[str], whole_h
     return np.where(use_whole, whole, np.where(use_seg, segmented, -1))
 
 
-def cached_mask(cache: Optional[TranscriptCache], shas: pa.Array, whole_hash: str, segmented_hash: str, segment: Any,
-                shard: Optional[np.ndarray] = None, j: int = 0) -> np.ndarray:
-    """Which of the files (their known sha256, null when unknown) the cache has transcribed
-    as this run would (:func:`cached_groups`; ``segment``: the run's SegmentConfig); with
-    ``shard`` (each file's shard), only the files of shard ``j``, which ``cache`` is. Run as
-    a Ray task beside the cache (one per shard), so the driver gets only the mask."""
-    if shard is not None:
-        shas = shas.take(pa.array(np.flatnonzero(shard == j), pa.int64()))
+def cached_mask(cache: Optional[TranscriptCache], shas: pa.Array, whole_hash: str, segmented_hash: str, segment: Any) -> np.ndarray:
+    """Which of the files (their known sha256, null when unknown) the cache (or shard) has
+    transcribed as this run would (:func:`cached_groups`; ``segment``: the run's
+    SegmentConfig). Run in a Ray task beside the shard (:func:`labeler.runs.split_cached`)."""
     values = shas.to_pylist()
     known = [k for k, v in enumerate(values) if v is not None]
     mask = np.zeros(len(values), bool)
@@ -455,18 +451,26 @@ def drop_cache_entries(root: str, asr_config_hashes: Iterable[str], scorer_keys:
     return dropped
 
 
-def known_sources(root: str, todo: pa.Table, rehash: bool = False) -> tuple[pa.Table, dict[str, int]]:
-    """``todo`` with ``known_sha256``: the sha256 an earlier run read for a file whose URI,
-    size and version (modification time, ETag, version id, as the listing gives them) are
-    the same now (null otherwise, and for every row when ``rehash``), so decode need not open
-    it. Also counts the listed files ``new`` (their URI never read before) and ``changed``
-    (read before, with another size or version).
+#: The key columns of the ``sources/`` table that tell an unchanged file from a changed one.
+SOURCE_KEY_COLUMNS = ["uri", "source_size", "source_version", "audio_sha256", "created_at"]
 
-    Holds the ``sources/`` table's key columns (URI, size, version, sha256; about 150 bytes
-    per file ever read, no text) and one key per input row: a label run calls it in a Ray
-    task, so that is a worker's memory, not the driver's."""
+
+def read_sources(root: str, files: Optional[Sequence[str]] = None) -> Optional[pa.Table]:
+    """The key columns of the root's ``sources/`` table (of the given ``files`` of it, when
+    given): every file an earlier run read, with its sha256 (about 150 bytes a file, no text)."""
     import pyarrow.dataset as pads
 
+    return _read_table(root, "sources", SOURCE_KEY_COLUMNS, pads.field("audio_sha256").is_valid(), files=files)
+
+
+def known_sources(todo: pa.Table, idx: Optional[pa.Table], rehash: bool = False) -> tuple[pa.Table, dict[str, int]]:
+    """``todo`` with ``known_sha256``: the sha256 an earlier run read (``idx``, rows of
+    :func:`read_sources`: those of ``todo``'s URIs at least) for a file whose URI, size and
+    version (modification time, ETag, version id, as the listing gives them) are the same
+    now (null otherwise, and for every row when ``rehash``), so decode need not open it.
+    Also counts the listed files ``new`` (their URI never read before) and ``changed``
+    (read before, with another size or version). A label run calls it in a Ray task for each
+    part of its listing (:func:`labeler.runs.known_inputs`), so that is a worker's memory."""
     from labeler.io import redact
 
     n = todo.num_rows
@@ -474,8 +478,6 @@ def known_sources(root: str, todo: pa.Table, rehash: bool = False) -> tuple[pa.T
     counts = {"sources_new": 0, "sources_changed": 0}
     if "source_size" not in todo.column_names:
         return todo.append_column("known_sha256", none), counts
-    idx = _read_table(root, "sources", ["uri", "source_size", "source_version", "audio_sha256", "created_at"],
-                      pads.field("audio_sha256").is_valid())
     listed = pc.and_(pc.is_valid(todo.column("source_size")), pc.is_valid(todo.column("source_version")))
     uris = todo.column("uri").to_pylist()
     uri_keys = pa.array([redact(u) for u in uris], pa.string())  # stored URIs are redacted

@@ -26,7 +26,7 @@ def run_labeling(cfg: LabelConfig) -> RunResult:
     Re-running the same configuration after a crash resumes the unfinished run; audio
     already transcribed with the same ASR settings is not transcribed again.
     """
-    from labeler.sources import resolve_input
+    from labeler.sources import list_input
     from labeler.stages.asr import ASRStage
     from labeler.stages.decode import DecodeStage
     from labeler.stages.entail import EntailStage
@@ -39,7 +39,7 @@ def run_labeling(cfg: LabelConfig) -> RunResult:
         taxonomy=taxonomy,
         key=cfg.run_key(taxonomy),
         # checked here, then listed by Ray tasks (one per sub-folder or sub-prefix)
-        read_inputs=lambda: resolve_input(cfg.input, start_ray=lambda: init_ray(cfg)),
+        read_inputs=lambda: list_input(cfg.input, start_ray=lambda: init_ray(cfg)),
         stages=(DecodeStage, ASRStage, EntailStage),
         # a file read before with the same URI, size and mtime/ETag is not read again (cache.rehash
         # reads it); looked up in a Ray task, so the sources/ table never reaches the driver

@@ -42,6 +42,7 @@ from labeler.config import LabelConfig
 from labeler.errors import CommitError, InputError, LanserError, find_lanser_error
 from labeler.io import filesystem, join, redact, write_json_atomic
 from labeler.lock import RunLock
+from labeler.sources import INPUT_SCHEMA, Listing
 from labeler.stages.base import Stage, StageContext
 from labeler.taxonomy import Taxonomy
 
@@ -85,65 +86,134 @@ def drop_ids(batch: pa.Table, ids: pa.Array) -> pa.Table:
 
 @dataclass
 class ListedInputs:
-    """A label run's input rows (the listing, less what a resumed run staged) put into the
-    object store once, with the sha256 earlier runs read for each row (``known_sha256``,
-    null when unknown) beside it as another object. Ray tasks cut the stages' input blocks
-    from them (:func:`cut_blocks`), so the driver never copies the listing again; it keeps
-    its own ``table`` for counts and the few rows it looks up."""
+    """A label run's input rows ready for the stages: the listing's parts (less what a
+    resumed run staged) in the object store, each with the sha256 earlier runs read for its
+    files beside them (``known_sha256``, null when unknown). The driver holds refs and row
+    counts only: Ray tasks split the parts and cut the stages' input blocks from them
+    (:func:`split_cached`, :func:`cut_blocks`)."""
 
-    table: pa.Table
-    ref: Any  # ObjectRef of ``table``
-    known: Any  # ObjectRef of a pa.Array: known_sha256 of each row
+    parts: list[Any]  # ObjectRefs of tables: INPUT_SCHEMA and known_sha256
+    rows: list[int]
 
     @property
     def num_rows(self) -> int:
-        return self.table.num_rows
+        return sum(self.rows)
 
     @property
     def column_names(self) -> list[str]:
-        return [*self.table.column_names, "known_sha256"]
+        return [*INPUT_SCHEMA.names, "known_sha256"]
+
+    @property
+    def pieces(self) -> list[tuple[Any, int]]:
+        return list(zip(self.parts, self.rows))
 
 
-def known_inputs(root: str, todo: pa.Table, rehash: bool) -> tuple[Any, dict[str, int]]:
-    """``todo`` as :class:`ListedInputs`: which files earlier runs read with the same URI,
-    size and version (:func:`labeler.cache.known_sources`) is looked up by a Ray task, so
-    the ``sources/`` table never reaches the driver, and its answer stays in the object
-    store. Returns the inputs and the counts of new and changed files."""
+def known_inputs(root: str, listing: Any, rehash: bool) -> tuple[ListedInputs, dict[str, int]]:
+    """``listing`` (:class:`labeler.sources.Listing`) as :class:`ListedInputs`: for each file,
+    the sha256 an earlier run read with the same URI, size and version
+    (:func:`labeler.cache.known_sources`). A map-reduce of Ray tasks joins the listing with
+    the ``sources/`` table: map tasks each read a run of its files and split their rows by
+    the listing part whose URI range they fall in, then one task per part joins it with its
+    rows. Neither the table nor the listing reaches the driver, and no task holds more than
+    a part and the rows of its range. Returns the inputs and the counts of new and changed
+    files."""
     import ray
 
-    if not todo.num_rows:
-        return todo, {"sources_new": 0, "sources_changed": 0}
-    ref = ray.put(todo)
-    known, counts = ray.remote(num_returns=2, max_retries=3)(_known_column).remote(root, ref, rehash)
-    return ListedInputs(todo, ref, known), ray.get(counts)
+    from labeler.cache import table_files
+
+    zero = {"sources_new": 0, "sources_changed": 0}
+    if not listing.num_rows:
+        return ListedInputs([], []), zero
+    n = len(listing.parts)
+    files = table_files(root, "sources")
+    pieces: list[list[Any]] = []
+    if files:
+        split = ray.remote(num_returns=n, max_retries=3)(_split_sources)
+        groups = file_groups(files, min(len(files), max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))))
+        pieces = [split.remote(root, group, listing.bounds, listing.rows) for group in groups]
+        pieces = [[p] for p in pieces] if n == 1 else pieces
+    join = ray.remote(num_returns=2, max_retries=3)(_known_part)
+    out = [join.remote(part, offset, rehash, *(p[i] for p in pieces))
+           for i, (part, offset) in enumerate(zip(listing.parts, listing.offsets))]
+    counts = ray.get([c for _, c in out])
+    return ListedInputs([t for t, _ in out], [c["rows"] for c in counts]), {k: sum(c[k] for c in counts) for k in zero}
 
 
-def _known_column(root: str, todo: pa.Table, rehash: bool) -> tuple[pa.Array, dict[str, int]]:
+def _split_sources(root: str, files: list[str], bounds: list[tuple[Optional[str], Optional[str]]], rows: list[int]) -> Any:
+    """The ``sources/`` rows of ``files`` split by the listing part (``bounds``: its least
+    and greatest URI; ``(None, None)``: any) their URI falls in; rows of no part's range are
+    dropped. One table (or None) per part, as a map task of :func:`known_inputs` returns them."""
+    from labeler.cache import read_sources
+
+    t = read_sources(root, files)
+    n = len(bounds)
+    if t is None or not t.num_rows:
+        out: list[Any] = [None] * n
+    elif n == 1 and bounds[0][0] is None:
+        out = [t]
+    else:
+        parts = sorted((lo, i) for i, (lo, _) in enumerate(bounds) if lo is not None and rows[i])
+        least = np.array([lo for lo, _ in parts] or [""], dtype=object)
+        owners = np.array([i for _, i in parts] or [0], np.int64)
+        greatest = np.array([bounds[i][1] for _, i in parts] or [""], dtype=object)
+        uris = np.array(t.column("uri").fill_null("").to_pylist(), dtype=object)
+        at = np.searchsorted(least, uris, side="right") - 1
+        ok = (at >= 0) & (uris <= greatest[np.maximum(at, 0)]).astype(bool) if parts else np.zeros(len(uris), bool)
+        owner = np.where(ok, owners[np.maximum(at, 0)], n)
+        order = np.argsort(owner, kind="stable")
+        cut = np.searchsorted(owner[order], np.arange(n + 1))
+        t = t.take(pa.array(order, pa.int64()))
+        out = [t.slice(cut[i], cut[i + 1] - cut[i]) if cut[i + 1] > cut[i] else None for i in range(n)]
+    return out if n > 1 else out[0]
+
+
+def _known_part(part: pa.Table, offset: int, rehash: bool, *pieces: Optional[pa.Table]) -> tuple[pa.Table, dict[str, int]]:
+    """One listing part, its rows numbered, with ``known_sha256`` from the ``sources/`` rows
+    of its range (``pieces``), and its counts."""
     from labeler.cache import known_sources
+    from labeler.sources import number
 
-    t, counts = known_sources(root, todo, rehash)
-    return t.column("known_sha256").combine_chunks(), counts
+    have = [p for p in pieces if p is not None and p.num_rows]
+    t, counts = known_sources(number(part, offset), pa.concat_tables(have) if have else None, rehash)
+    return t, {**counts, "rows": t.num_rows}
 
 
-def cut_blocks(todo: Any, step: int, rows: Optional[np.ndarray] = None) -> list[Any]:
-    """The stages' input blocks of ``step`` rows: of every row of ``todo``, or of the given
-    ``rows`` in their order. For :class:`ListedInputs` they are cut by a Ray task (a
-    generator: each block is its own object) from what is in the object store, and the
-    driver gets their refs; a table is cut here."""
-    if isinstance(todo, pa.Table):
-        return input_blocks(todo if rows is None else todo.take(pa.array(rows, pa.int64())), step)
-    if rows is not None and not len(rows):
-        return []
+#: Rows a Ray task of :func:`cut_blocks` cuts into blocks (a run of pieces of about as many).
+CUT_TASK_ROWS = 262_144
+
+
+def cut_blocks(pieces: list[tuple[Any, int]], step: int, ids: Any = None) -> list[Any]:
+    """The stages' input blocks of ``step`` rows cut from ``pieces`` (refs to tables, with
+    their row counts; empty ones are skipped) in their order; with ``ids`` (a ref to an
+    array of ``utt_id``), of those rows only. Ray generator tasks each take a run of pieces
+    of about :data:`CUT_TASK_ROWS` rows, so each block is its own object and the driver gets
+    refs. Every row is in exactly one block."""
     import ray
 
+    runs: list[list[Any]] = []
+    held = CUT_TASK_ROWS
+    for ref, n in pieces:
+        if not n:
+            continue
+        if held + n > CUT_TASK_ROWS:
+            runs.append([])
+            held = 0
+        runs[-1].append(ref)
+        held += n
     cut = ray.remote(max_retries=3)(_cut)
-    return list(cut.remote(todo.ref, todo.known, step, None if rows is None else ray.put(np.asarray(rows, np.int64))))
+    return [block for gen in [cut.remote(step, ids, *run) for run in runs] for block in gen]
 
 
-def _cut(table: pa.Table, known: pa.Array, step: int, rows: Optional[np.ndarray]) -> Iterator[pa.Table]:
-    t = table.append_column("known_sha256", known)
-    for block in input_blocks(t if rows is None else t.take(pa.array(rows, pa.int64())), step):
-        yield block
+def _cut(step: int, ids: Optional[pa.Array], *pieces: Optional[pa.Table]) -> Iterator[pa.Table]:
+    import pyarrow.compute as pc
+
+    have = [p for p in pieces if p is not None and p.num_rows]
+    if ids is not None:
+        have = [p.filter(pc.is_in(p.column("utt_id"), value_set=ids)) for p in have]
+    if not have:
+        return
+    for block in input_blocks(pa.concat_tables(have), step):
+        yield block.combine_chunks()
 
 
 @dataclass
@@ -212,57 +282,88 @@ def execute(cfg: LabelConfig, plan: RunPlan, run_id: str, todo: Any) -> tuple[di
     ctx.dedupe = "transcripts" in plan.caches
     passes = []
     step = plan.stages[0].resources(cfg)["batch_size"]
-    shard = cached_rows(cfg, todo, ctx)
-    rest = None  # rows of the usual pass (None: every row)
-    if shard is not None and (shard >= 0).any():
+    if isinstance(todo, ListedInputs):
         # files unchanged and transcribed before: a pass of their own, in large blocks that
-        # each stage takes whole (no audio is opened, so a row costs microseconds per stage),
-        # ordered by the cache shard their transcripts are in, so a block needs one shard
-        if (shard >= 0).all() and ctx.transcript_cache.k == 1:
-            cached, rest = None, np.zeros(0, np.int64)
-        else:
-            cached, rest = np.flatnonzero(shard >= 0), np.flatnonzero(shard < 0)
-            cached = cached[np.argsort(shard[cached], kind="stable")]
-        passes.append(_pass(cfg, plan, run_id, cut_blocks(todo, CACHED_ROWS_PER_BLOCK, cached), ctx, blocked=True))
-    if rest is None or len(rest):
-        passes.append(_pass(cfg, plan, run_id, todo if isinstance(todo, StreamedInputs) else cut_blocks(todo, step, rest), ctx))
+        # each stage takes whole (no audio is opened, so a row costs microseconds per stage)
+        cached, rest = split_cached(cfg, todo, ctx, step)
+        if cached:
+            passes.append(_pass(cfg, plan, run_id, cached, ctx, blocked=True))
+        if rest:
+            passes.append(_pass(cfg, plan, run_id, rest, ctx))
+    else:
+        passes.append(_pass(cfg, plan, run_id, todo if isinstance(todo, StreamedInputs) else input_blocks(todo, step), ctx))
     deferred = [u for _, side in passes for u in side.pop("deferred", [])]
     rows, side = merge_stats([r for r, _ in passes]), functools.reduce(merge_side, [s for _, s in passes])
     if deferred:
-        listing = todo.table if isinstance(todo, ListedInputs) else todo
-        copies = np.flatnonzero(pc.is_in(listing.column("utt_id"), value_set=pa.array(deferred, pa.string())).to_numpy(zero_copy_only=False))
+        import ray
+
+        ids = pa.array(deferred, pa.string())
+        copies = cut_blocks(todo.pieces, step, ray.put(ids)) if isinstance(todo, ListedInputs) else \
+            input_blocks(todo.filter(pc.is_in(todo.column("utt_id"), value_set=ids)), step)
         own = CacheSource("transcripts", S.staging_dir(cfg.output, run_id), ((cfg.asr.config_hash(), cfg.segmented_hash()),))
         ctx.transcript_cache, _ = finish_cache_build(start_cache_build(own, cfg.cache.shard_mb, cfg.cache.shards))
         ctx.dedupe, ctx.second_pass = False, True
-        rows2, side2 = _pass(cfg, plan, run_id, cut_blocks(todo, step, copies), ctx)
+        rows2, side2 = _pass(cfg, plan, run_id, copies, ctx)
         side2.pop("deferred", None)
         rows, side = merge_stats([rows, rows2]), merge_side(side, side2)
     return rows, side, sizes
 
 
-def cached_rows(cfg: LabelConfig, todo: Any, ctx: StageContext) -> Optional[np.ndarray]:
-    """Which rows of a label run's ``todo`` (:class:`ListedInputs`) are files known unchanged
-    whose transcripts, under this run's settings, are in the transcript cache: the shard of
-    the cache they are in, -1 for every other row. Ray tasks split the known sha256 by shard
-    and look each shard's up beside it, so the driver holds one small integer per row and
-    never a sha256 or a shard. None when no row can be."""
+def split_cached(cfg: LabelConfig, todo: ListedInputs, ctx: StageContext, step: int) -> tuple[list[Any], list[Any]]:
+    """The input blocks of a label run's two passes: (files known unchanged whose
+    transcripts, under this run's settings, are in the transcript cache, in blocks of
+    :data:`CACHED_ROWS_PER_BLOCK` ordered by the cache shard they are in, so a block needs
+    one shard; every other row, in blocks of ``step``). A Ray task per listing part splits
+    its rows by the shard of their known sha256, then a task per shard looks its rows up
+    beside the shard: the driver holds refs and counts, never a sha256."""
     import ray
 
-    from labeler.cache import cached_mask, shard_of
-
     shards = ctx.transcript_cache
-    if not isinstance(todo, ListedInputs) or shards is None:
-        return None
-    shard_ref = ray.remote(max_retries=3)(shard_of).remote(todo.known, shards.k)
-    present = [j for j, part in enumerate(shards.parts) if part is not None]
-    task = ray.remote(max_retries=3)(cached_mask)
-    masks = [task.remote(shards.parts[j], todo.known, cfg.asr.config_hash(), cfg.segmented_hash(), cfg.segment, shard_ref, j)
-             for j in present]
-    shard = ray.get(shard_ref)
-    out = np.full(todo.num_rows, -1, np.int16)
-    for j, mask in zip(present, ray.get(masks)):
-        out[shard == j] = np.where(mask, np.int16(j), np.int16(-1))
-    return out
+    if shards is None:
+        return [], cut_blocks(todo.pieces, step)
+    k = shards.k
+    split = ray.remote(num_returns=k + 2, max_retries=3)(_split_known)
+    pieces = [split.remote(part, k) for part, n in todo.pieces if n]
+    counts = ray.get([p[k + 1] for p in pieces])
+    look = ray.remote(num_returns=3, max_retries=3)(_cached_in_shard)
+    rest = [(p[k], c[k]) for p, c in zip(pieces, counts)]  # rows of no known sha256
+    looked = []
+    for j, shard in enumerate(shards.parts):
+        mine = [(p[j], c[j]) for p, c in zip(pieces, counts) if c[j]]
+        if shard is None:
+            rest += mine
+        elif mine:
+            looked.append(look.remote(shard, cfg.asr.config_hash(), cfg.segmented_hash(), cfg.segment, *(r for r, _ in mine)))
+    found = ray.get([n for _, _, n in looked])
+    cached = [(hit, n_hit) for (hit, _, _), (n_hit, _) in zip(looked, found)]
+    rest += [(miss, n_miss) for (_, miss, _), (_, n_miss) in zip(looked, found)]
+    return cut_blocks(cached, CACHED_ROWS_PER_BLOCK), cut_blocks(rest, step)
+
+
+def _split_known(part: pa.Table, k: int) -> tuple[Any, ...]:
+    """A listing part's rows with a known sha256 split by its shard of ``k``, the rows
+    without one, and the row count of each (a map task of :func:`split_cached`)."""
+    import pyarrow.compute as pc
+
+    from labeler.cache import split_by_shard
+
+    has = pc.is_valid(part.column("known_sha256"))
+    pieces = [*split_by_shard(part.filter(has), "known_sha256", k), part.filter(pc.invert(has))]
+    return (*pieces, [0 if p is None else p.num_rows for p in pieces])
+
+
+def _cached_in_shard(cache: Any, whole_hash: str, segmented_hash: str, segment: Any, *pieces: Optional[pa.Table]) -> tuple[Any, Any, tuple[int, int]]:
+    """The rows of one cache shard's files (``pieces``, in listing order) the shard has
+    transcribed as this run would, those it has not, and their counts."""
+    import pyarrow.compute as pc
+
+    from labeler.cache import cached_mask
+
+    have = [p for p in pieces if p is not None and p.num_rows]
+    t = pa.concat_tables(have)
+    hit = pa.array(cached_mask(cache, t.column("known_sha256"), whole_hash, segmented_hash, segment))
+    yes, no = t.filter(hit), t.filter(pc.invert(hit))
+    return yes, no, (yes.num_rows, no.num_rows)
 
 
 def _pass(cfg: LabelConfig, plan: RunPlan, run_id: str, todo: Any, ctx: StageContext, blocked: bool = False) -> tuple[dict, dict]:
@@ -616,9 +717,24 @@ def remaining(inputs: Any, root: str, run_id: str, unit: str = "source_id", comp
     if isinstance(inputs, StreamedInputs):  # every staged unit is one of this run's inputs (same run key)
         skip = pa.array(sorted(done), pa.string())
         return replace(inputs, num_rows=inputs.num_rows - len(done), skip=skip), len(done)
+    if isinstance(inputs, Listing):  # each part numbered and filtered where it is, by a Ray task
+        import ray
+
+        ids = ray.put(pa.array(sorted(done), pa.string()))
+        task = ray.remote(num_returns=2, max_retries=3)(_drop_done)
+        out = [task.remote(part, offset, ids) for part, offset in zip(inputs.parts, inputs.offsets)]
+        todo = Listing([p for p, _ in out], ray.get([n for _, n in out]), inputs.bounds)
+        return todo, inputs.num_rows - todo.num_rows
     keep = pc.invert(pc.is_in(inputs.column("utt_id"), value_set=pa.array(sorted(done), pa.string())))
     todo = inputs.filter(keep)
     return todo, inputs.num_rows - todo.num_rows
+
+
+def _drop_done(part: pa.Table, offset: int, ids: pa.Array) -> tuple[pa.Table, int]:
+    from labeler.sources import number
+
+    t = drop_ids(number(part, offset), ids)
+    return t, t.num_rows
 
 
 # ----------------------------------------------------------------------------- manifest and commit

@@ -34,7 +34,7 @@ import os
 import posixpath
 import stat as _stat
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -96,23 +96,83 @@ def _remote_meta(info) -> tuple[int | None, str | None]:
 
 
 def resolve_input(spec: str, start_ray: Optional[Callable[[], None]] = None) -> pa.Table:
-    """Return the run's input rows as an Arrow table with :data:`INPUT_SCHEMA`.
+    """Return the run's input rows as an Arrow table with :data:`INPUT_SCHEMA`: the
+    :func:`list_input` listing gathered here."""
+    return list_input(spec, start_ray).gather()
 
-    A folder's sub-folders (a bucket prefix's sub-prefixes) are listed by Ray tasks, each a
-    run of them, when it has several and ``start_ray`` is given (called first, to connect): the
-    walk's Python objects stay in the workers, a bucket's prefixes are listed at once, and
-    the driver receives each part as Arrow (about 135 bytes a file). The input is checked
-    (found, a folder) before Ray starts, so a mistyped path fails at once."""
+
+@dataclass
+class Listing:
+    """A run's input listing: its rows (:data:`LISTED_SCHEMA`; numbered rows,
+    :data:`INPUT_SCHEMA`, once a task numbered them) in parts whose concatenation is the
+    listing in path order. A part listed by a Ray task is an ``ObjectRef`` and stays in the
+    object store: the driver holds its row count and the least and greatest (redacted) URI
+    in it, which :func:`labeler.runs.known_inputs` uses to send each part only the earlier
+    runs' ``sources/`` rows of its range. Ids and URIs are unique across the parts (a
+    duplicated row is an error row of a listing built here, :func:`_dedupe`)."""
+
+    parts: list[Any]  # pa.Table or ObjectRef of one
+    rows: list[int]
+    bounds: list[tuple[Optional[str], Optional[str]]]  # (least, greatest) redacted URI of each part; (None, None): any
+
+    @property
+    def num_rows(self) -> int:
+        return sum(self.rows)
+
+    @property
+    def column_names(self) -> list[str]:
+        return INPUT_SCHEMA.names
+
+    @property
+    def offsets(self) -> list[int]:
+        """The listing row number of each part's first row."""
+        return [int(x) for x in np.cumsum([0, *self.rows[:-1]])]
+
+    def gather(self) -> pa.Table:
+        """The whole listing as one table here, its rows numbered."""
+        parts = [p if isinstance(p, pa.Table) else None for p in self.parts]
+        if any(p is None for p in parts):
+            import ray
+
+            parts = ray.get(list(self.parts))
+        return pa.concat_tables([number(p, o) for p, o in zip(parts, self.offsets)])
+
+
+def number(part: pa.Table, offset: int) -> pa.Table:
+    """A listing part with its rows numbered from ``offset`` (:data:`INPUT_SCHEMA`), as it is
+    when it already is."""
+    if "source_row" in part.column_names:
+        return part
+    rows = pa.array(np.arange(offset, offset + part.num_rows, dtype=np.int64))
+    return part.append_column("source_row", rows).select(INPUT_SCHEMA.names).cast(INPUT_SCHEMA)
+
+
+def list_input(spec: str, start_ray: Optional[Callable[[], None]] = None) -> Listing:
+    """The run's input rows as a :class:`Listing`.
+
+    A folder's sub-folders (a bucket prefix's sub-prefixes) are listed by Ray tasks when it
+    has several and ``start_ray`` is given (called first, to connect): each task walks a run
+    of them, with the top folder's files that fall between them in path order, and its part
+    of the listing stays in the object store, so the listing streams into the run's dataset
+    without being gathered on the driver. Only when the listing holds a duplicate (two files
+    of one id, ``a.wav`` and ``a.flac``) is it gathered here to mark it. The input is
+    checked (found, a folder) before Ray starts, so a mistyped path fails at once. A
+    manifest or a glob is listed here, as one part."""
     if not spec:
         raise InputError("no input given")
     lower = spec.lower().split("?")[0]
     if lower.endswith(MANIFEST_EXTENSIONS):
-        listed = _table(_from_manifest(spec))
+        listed = _dedupe(_table(_from_manifest(spec)))
     elif any(ch in spec for ch in "*?["):
-        listed = _table(_from_glob(spec))
+        listed = _dedupe(_table(_from_glob(spec)))
     else:
-        return _dedupe(*_from_directory(spec, start_ray))
-    return _dedupe(listed)
+        listing, unique = _from_directory(spec, start_ray)
+        if not listing.num_rows:
+            raise InputError(f"no audio files ({', '.join(AUDIO_EXTENSIONS[:6])}, ...) found under {redact(spec)}")
+        if unique:
+            return listing
+        listed = _dedupe(listing.gather().drop_columns(["source_row"]))
+    return Listing([listed], [listed.num_rows], [(None, None)])
 
 
 #: The columns of a listing before its rows are numbered and checked for duplicates.
@@ -132,8 +192,8 @@ def _listed(root: str, base: str, found: list[tuple[str, str | None, tuple]]) ->
     return _table([_Item(_strip_ext(_relative(p, base)), _to_uri(root, base, p), err, *meta) for p, err, meta in found])
 
 
-def _from_directory(root: str, start_ray: Optional[Callable[[], None]] = None) -> tuple[pa.Table, bool]:
-    """The listing of a folder or prefix, and whether its ids and URIs are known unique."""
+def _from_directory(root: str, start_ray: Optional[Callable[[], None]] = None) -> tuple[Listing, bool]:
+    """The listing of a folder or prefix, and whether its ids and URIs are unique."""
     fs, path = filesystem(root)
     if is_local(root):
         return _from_local_directory(root, path, start_ray)
@@ -143,11 +203,10 @@ def _from_directory(root: str, start_ray: Optional[Callable[[], None]] = None) -
     if info.type == pafs.FileType.NotFound:
         raise InputError(f"input not found: {redact(root)}")
     if info.type == pafs.FileType.File:
-        return _table([_single_file(root, path)]), True
+        return _one_part(_table([_single_file(root, path)])), True
     top = fs.get_file_info(pafs.FileSelector(path, recursive=False))
     subs = sorted(f.path for f in top if f.type == pafs.FileType.Directory)
-    parts = _fan_out(_listed_remote, [(root, path, sub) for sub in subs], start_ray)
-    return _merge(_listed(root, path, _remote_found(root, path, top)), parts, subs, root)
+    return _list_runs(root, path, _remote_found(root, path, top), [(sub, (root, path, sub)) for sub in subs], _listed_remote, start_ray)
 
 
 def _remote_found(root: str, path: str, infos) -> list[tuple[str, str | None, tuple]]:
@@ -159,14 +218,12 @@ def _remote_found(root: str, path: str, infos) -> list[tuple[str, str | None, tu
             if f.type in (pafs.FileType.File, pafs.FileType.Unknown) and f.path.lower().endswith(AUDIO_EXTENSIONS)]
 
 
-def _listed_remote(root: str, path: str, sub: str) -> tuple[pa.Table, bool]:
-    """The listing of one sub-prefix ``sub`` of the input ``root`` (a Ray task's work), and
-    whether its ids and URIs are unique."""
+def _listed_remote(root: str, path: str, sub: str) -> pa.Table:
+    """The listing of one sub-prefix ``sub`` of the input ``root`` (a Ray task's work)."""
     import pyarrow.fs as pafs
 
     fs, _ = filesystem(root)
-    t = _listed(root, path, _remote_found(root, path, fs.get_file_info(pafs.FileSelector(sub, recursive=True))))
-    return t, _unique(t)
+    return _listed(root, path, _remote_found(root, path, fs.get_file_info(pafs.FileSelector(sub, recursive=True))))
 
 
 def _unique(t: pa.Table) -> bool:
@@ -174,47 +231,73 @@ def _unique(t: pa.Table) -> bool:
     return len(pc.unique(t.column("utt_id"))) == n and len(pc.unique(t.column("uri"))) == n
 
 
-def _fan_out(list_part: Callable[..., tuple[pa.Table, bool]], args: list[tuple], start_ray: Optional[Callable[[], None]]) -> list[tuple[pa.Table, bool]]:
-    """``list_part(*a)`` for each of ``args``, in order: by Ray tasks (two per CPU of the
-    cluster, each taking a run of the parts) when there are several and ``start_ray`` is
-    given, else here, one after another."""
-    if len(args) < 2 or start_ray is None:
-        return _list_parts(list_part, args)
+def _one_part(t: pa.Table) -> Listing:
+    return Listing([t], [t.num_rows], [(None, None)])
+
+
+#: An entry of a folder's listing, in path order: a file of the folder itself (``path``,
+#: ``error``, ``(size, version)``) or a sub-folder (``("dir", args of its listing)``).
+_Entry = tuple[str, Any]
+
+
+def _list_runs(root: str, base: str, files: list[tuple[str, str | None, tuple]], folders: list[tuple[str, tuple]],
+               list_folder: Callable[..., pa.Table], start_ray: Optional[Callable[[], None]]) -> tuple[Listing, bool]:
+    """The listing of the folder ``base`` of the input ``root``: its own ``files`` and its
+    sub-folders (``(path, args of list_folder)``), in path order. A sub-folder's paths are
+    contiguous in that order (they start with its path and a ``/``), so the entries are
+    sorted once and cut into runs, each listed whole into one part: by a Ray task (two per
+    CPU of the cluster) when there are several sub-folders and ``start_ray`` is given, else
+    here, as one part. Whether the whole is unique follows from the parts (a sub-folder's
+    ids and paths start with its own name and a ``/``, a top file's have no ``/``) and from
+    the top files as a whole."""
+    keys = sorted([(p, 0, k) for k, (p, _, _) in enumerate(files)] + [(f.rstrip("/") + "/", 1, k) for k, (f, _) in enumerate(folders)])
+    entries: list[_Entry] = [("file", files[k]) if kind == 0 else ("dir", folders[k][1]) for _, kind, k in keys]
+    top_ids = [_strip_ext(_relative(p, base)) for p, _, _ in files]
+    top_unique = len(set(top_ids)) == len(top_ids)
+    if len(folders) < 2 or start_ray is None:
+        part, info = _list_run(root, base, list_folder, entries)
+        return Listing([part], [info["rows"]], [(None, None)]), top_unique and info["unique"]
     start_ray()
     import ray
 
     tasks = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
-    step = -(-len(args) // tasks)
-    task = ray.remote(max_retries=3)(_list_parts)
-    return [t for ts in ray.get([task.remote(list_part, args[i:i + step]) for i in range(0, len(args), step)]) for t in ts]
+    step = -(-len(folders) // tasks)
+    runs: list[list[_Entry]] = [[]]
+    held = 0
+    for entry in entries:
+        if entry[0] == "dir":
+            if held == step:
+                runs.append([])
+                held = 0
+            held += 1
+        runs[-1].append(entry)
+    task = ray.remote(num_returns=2, max_retries=3)(_list_run)
+    out = [task.remote(root, base, list_folder, run) for run in runs]
+    infos = ray.get([i for _, i in out])
+    listing = Listing([p for p, _ in out], [i["rows"] for i in infos], [(i["least"], i["greatest"]) for i in infos])
+    return listing, top_unique and all(i["unique"] for i in infos)
 
 
-def _list_parts(list_part: Callable[..., tuple[pa.Table, bool]], args: list[tuple]) -> list[tuple[pa.Table, bool]]:
-    return [list_part(*a) for a in args]
-
-
-def _merge(top: pa.Table, listed: list[tuple[pa.Table, bool]], subs: list[str], root: str) -> tuple[pa.Table, bool]:
-    """The top folder's own files and its sub-folders' listings (``listed``, in the order of
-    ``subs``, each with whether its ids and URIs are unique) as one listing in path order: a
-    sub-folder's paths are contiguous in that order, so the parts are interleaved with runs of
-    the top files, not sorted again. Whether the whole is unique follows from its parts (a
-    sub-folder's ids and paths start with its own name and a ``/``, a top file's have no
-    ``/``), so no table of the whole listing is built to check it."""
-    parts = [t for t, _ in listed]
-    unique = all(u for _, u in listed) and _unique(top)
-    files = [u if is_local(u) else u.split("://", 1)[1] for u in top.column("uri").to_pylist()] if parts else []
-    keys = sorted([(p, 0, k) for k, p in enumerate(files)] + [(sub.rstrip("/") + "/", 1, k) for k, sub in enumerate(subs)])
-    pieces, start, stop = [], 0, 0  # top.slice(start, stop - start): the run of top files not yet placed
-    for _, kind, k in keys:
-        if kind == 0:
-            stop = k + 1
+def _list_run(root: str, base: str, list_folder: Callable[..., pa.Table], entries: list[_Entry]) -> tuple[pa.Table, dict[str, Any]]:
+    """One run of a folder's entries listed (a Ray task's work): the part, and its row
+    count, whether its ids and URIs are unique, its least and greatest redacted URI."""
+    pieces, files = [], []
+    for kind, item in entries:
+        if kind == "file":
+            files.append(item)
             continue
-        pieces += [top.slice(start, stop - start), parts[k]]
-        start = stop
-    pieces = [p for p in [*pieces, top.slice(start)] if p.num_rows]
-    if not pieces:
-        raise InputError(f"no audio files ({', '.join(AUDIO_EXTENSIONS[:6])}, ...) found under {redact(root)}")
-    return (pa.concat_tables(pieces) if len(pieces) > 1 else pieces[0]), unique
+        if files:
+            pieces.append(_listed(root, base, files))
+            files = []
+        pieces.append(list_folder(*item))
+    if files:
+        pieces.append(_listed(root, base, files))
+    t = pa.concat_tables(pieces) if pieces else LISTED_SCHEMA.empty_table()
+    least = greatest = None
+    if t.num_rows:
+        bounds = pc.min_max(t.column("uri")).as_py()
+        least, greatest = redact(bounds["min"]), redact(bounds["max"])
+    return t, {"rows": t.num_rows, "unique": _unique(t), "least": least, "greatest": greatest}
 
 
 def _single_file(root: str, path: str) -> _Item:
@@ -226,7 +309,7 @@ def _single_file(root: str, path: str) -> _Item:
     )
 
 
-def _from_local_directory(root: str, path: str, start_ray: Optional[Callable[[], None]] = None) -> tuple[pa.Table, bool]:
+def _from_local_directory(root: str, path: str, start_ray: Optional[Callable[[], None]] = None) -> tuple[Listing, bool]:
     """A local folder, walked with ``os.scandir``: pyarrow's listing silently drops broken
     symbolic links and reports FIFOs/sockets as ``FileType.Unknown``; here each entry
     named like audio becomes a row, with an error when it is not a readable regular file.
@@ -242,20 +325,16 @@ def _from_local_directory(root: str, path: str, start_ray: Optional[Callable[[],
         raise InputError(f"cannot read input {redact(root)}: {exc.strerror or exc}") from None
     if _stat.S_ISREG(st.st_mode):
         item = _single_file(root, path)
-        return _table([_Item(item.utt_id, item.uri, None, *_local_meta(st))]), True
+        return _one_part(_table([_Item(item.utt_id, item.uri, None, *_local_meta(st))])), True
     if not _stat.S_ISDIR(st.st_mode):
         raise InputError(f"input {redact(root)} is not a regular file or folder ({_kind(st.st_mode)}); not read")
     found, folders = _scan_local(path, frozenset([(st.st_dev, st.st_ino)]), recurse=False)
-    folders.sort(key=lambda f: f[0])
-    parts = _fan_out(_listed_local, [(root, path, folder, above) for folder, above in folders], start_ray)
-    return _merge(_listed(root, path, found), parts, [f for f, _ in folders], root)
+    return _list_runs(root, path, found, [(folder, (root, path, folder, above)) for folder, above in folders], _listed_local, start_ray)
 
 
-def _listed_local(root: str, path: str, folder: str, above: frozenset) -> tuple[pa.Table, bool]:
-    """The listing of one sub-folder of the input folder (a Ray task's work), and whether
-    its ids and URIs are unique."""
-    t = _listed(root, path, _scan_local(folder, above)[0])
-    return t, _unique(t)
+def _listed_local(root: str, path: str, folder: str, above: frozenset) -> pa.Table:
+    """The listing of one sub-folder of the input folder (a Ray task's work)."""
+    return _listed(root, path, _scan_local(folder, above)[0])
 
 
 def _scan_local(top: str, above: frozenset, recurse: bool = True) -> tuple[list[tuple[str, str | None, tuple]], list[tuple[str, frozenset]]]:

@@ -16,10 +16,13 @@ from labeler.pipeline import run_labeling
 
 DEMO = str(REPO / "labeler" / "configs" / "demo.yaml")
 NAMES = ("angry", "happy", "sad", "fear")
+# two files in sub-folders: the folder is listed by Ray tasks in parts, each joined with the
+# sources/ rows of its URI range
+PATHS = {"angry": "angry.wav", "happy": "h/happy.wav", "sad": "s/sad.wav", "fear": "fear.wav"}
 
 
 def rows_of(root, run_id):
-    return {r[0]: r[1:] for r in duckdb.sql(
+    return {r[0].rsplit("/", 1)[-1]: r[1:] for r in duckdb.sql(
         f"SELECT utt_id, text, audio_sha256 FROM read_parquet('{root}/labels/**/*.parquet', hive_partitioning=true, "
         f"hive_types_autocast=false) WHERE run_id = '{run_id}'").fetchall()}
 
@@ -41,10 +44,10 @@ def noise_over(path, seed):
 
 def test_unchanged_files_are_not_read_changed_ones_are_and_rehash_reads_all(ray_local, tmp_path):
     clips, out = tmp_path / "clips", tmp_path / "out"
-    clips.mkdir()
     for name in NAMES:
-        write_audio(clips / f"{name}.wav", load_sample(name), 16_000)
-    original = {n: (clips / f"{n}.wav").read_bytes() for n in NAMES}
+        (clips / PATHS[name]).parent.mkdir(parents=True, exist_ok=True)
+        write_audio(clips / PATHS[name], load_sample(name), 16_000)
+    original = {n: (clips / PATHS[n]).read_bytes() for n in NAMES}
 
     first = label(clips, out)
     assert first["counts"]["sources_read"] == 4 and first["counts"]["sources_new"] == 4
@@ -60,16 +63,16 @@ def test_unchanged_files_are_not_read_changed_ones_are_and_rehash_reads_all(ray_
 
     # every file's bytes are now noise, size and mtime kept: nothing is opened, transcripts are the first run's
     for k, name in enumerate(NAMES):
-        noise_over(clips / f"{name}.wav", k)
+        noise_over(clips / PATHS[name], k)
     quiet = label(clips, out)
     assert quiet["audio_files_read"] == 0 and quiet["counts"]["sources_read"] == 0
     assert quiet["counts"]["sources_skipped_by_metadata"] == 4 and quiet["counts"]["sources_changed"] == 0
     assert quiet["cache"]["transcribed"] == 0 and rows_of(out, quiet["run_id"]) == want
 
     # one file changes (its original bytes back, a new mtime): exactly that one is read, and found in the cache by sha256
-    (clips / "happy.wav").write_bytes(original["happy"])
-    st = os.stat(clips / "happy.wav")
-    os.utime(clips / "happy.wav", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    (clips / PATHS["happy"]).write_bytes(original["happy"])
+    st = os.stat(clips / PATHS["happy"])
+    os.utime(clips / PATHS["happy"], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     # (and the caches in 3 shards: built by map and reduce tasks, looked up shard by shard)
     one = label(clips, out, **{"cache.shards": 3})
     assert one["counts"]["sources_read"] == 1 and one["counts"]["sources_changed"] == 1
@@ -172,7 +175,7 @@ def test_sharded_caches_find_what_one_cache_finds(tmp_path):
 
     from labeler import schema as S
     from labeler.cache import CacheSource, Shards, cached_mask, find_cached, key64, shard_of, text_sha256
-    from labeler.runs import _build_shard, _split_files, file_groups
+    from labeler.runs import _build_shard, _cached_in_shard, _split_files, _split_known, file_groups
 
     cfg = load_config(DEMO, {"segment.mode": "auto"})
     whole, segmented = cfg.asr.config_hash(), cfg.segmented_hash()
@@ -227,12 +230,24 @@ def test_sharded_caches_find_what_one_cache_finds(tmp_path):
         a, na = one.get(0).rows(np.array([g1[i]]))
         b, nb = four.get(int(s4[i])).rows(np.array([g4[i]]))
         assert a.equals(b) and na.tolist() == nb.tolist() and a.column("text")[0].as_py().endswith(" 2")  # the newest
-    known = pa.array(asked)
-    mask = cached_mask(one.get(0), known, whole, segmented, cfg.segment)
-    for j in range(4):
-        rows = np.flatnonzero(shard_of(known, 4) == j)
-        got = cached_mask(four.get(j), known, whole, segmented, cfg.segment, shard_of(known, 4), j) if four.get(j) else np.zeros(len(rows), bool)
-        assert got.tolist() == mask[rows].tolist()
+    # which listed files are cached: split by shard (the map side), looked up beside each shard
+    known = pa.array(asked[:-3] + [None, asked[-3], asked[-1]])
+    listed = pa.table({"utt_id": [f"u{i}" for i in range(len(known))], "known_sha256": known})
+    want = listed.filter(pa.array(cached_mask(one.get(0), known, whole, segmented, cfg.segment)))
+    *by_shard, no_sha, counts = _split_known(listed, 4)
+    assert no_sha.column("utt_id").to_pylist() == [f"u{len(known) - 3}"] and sum(counts) == len(known)
+    hits, misses = [], [no_sha]
+    for j, piece in enumerate(by_shard):
+        assert piece is None or (shard_of(piece.column("known_sha256"), 4) == j).all()
+        if piece is not None and four.get(j) is not None:
+            yes, no, n = _cached_in_shard(four.get(j), whole, segmented, cfg.segment, piece)
+            assert n == (yes.num_rows, no.num_rows) and yes.num_rows + no.num_rows == piece.num_rows
+            hits.append(yes)
+            misses.append(no)
+        elif piece is not None:
+            misses.append(piece)
+    assert sorted(pa.concat_tables(hits).column("utt_id").to_pylist()) == sorted(want.column("utt_id").to_pylist())
+    assert sum(t.num_rows for t in hits + misses) == len(known) and want.num_rows > 30
 
     src = CacheSource("scores", str(tmp_path), (scorer, ["h1", "h2"]))
     one, four = Shards.of(_build_shard(src)[0]), sharded(src, 4)
@@ -245,3 +260,58 @@ def test_sharded_caches_find_what_one_cache_finds(tmp_path):
         assert f.tolist() == found[rows].tolist() and r.tolist() == raw[rows].tolist()
     assert found.sum() == 80 and not found[-2:].any()
 
+
+
+def test_listing_parts_join_the_sources_table_as_the_whole_table_would(ray_local, tmp_path):
+    """A folder listed in parts by Ray tasks stays in the object store (the driver holds refs,
+    row counts and each part's URI range). The map-reduce join with ``sources/`` (its files'
+    rows sent to the part whose range they fall in) gives every file the sha256 and the
+    counts that one join of the whole listing with the whole table gives, and the stages'
+    blocks cut from the parts hold every row once, in listing order."""
+    import datetime as dt
+
+    import pyarrow.parquet as pq
+    import ray
+
+    from labeler import schema as S
+    from labeler.cache import known_sources, read_sources
+    from labeler.runs import cut_blocks, known_inputs
+    from labeler.sources import list_input
+
+    d, out = tmp_path / "in", str(tmp_path / "out")
+    names = ["a.wav", "m.wav", "z.wav", *(f"{k:02d}/f{j}.wav" for k in range(6) for j in range(3))]
+    for i, name in enumerate(names):
+        (d / name).parent.mkdir(parents=True, exist_ok=True)
+        (d / name).write_bytes(b"x" * (10 + i))
+    listing = list_input(str(d), start_ray=lambda: None)
+    assert len(listing.parts) > 2 and not any(isinstance(p, pa.Table) for p in listing.parts)
+    whole = listing.gather()
+    assert whole.column("uri").to_pylist() == sorted(str(d / n) for n in names)
+    uris, sizes, versions = (whole.column(c).to_pylist() for c in ("uri", "source_size", "source_version"))
+    old, new = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), dt.datetime(2026, 2, 1, tzinfo=dt.timezone.utc)
+    rows = []
+    for i, (u, n, v) in enumerate(zip(uris, sizes, versions)):
+        if i % 4 == 0:
+            rows.append((u, n, v, f"new-{i}", new))  # unchanged: known
+            rows.append((u, n, v, f"old-{i}", old))  # an older read of the same version: the newest wins
+        elif i % 4 == 1:
+            rows.append((u, n + 1, v, f"was-{i}", old))  # changed since
+    rows += [(str(d / "01" / "f1x.wav"), 3, "mtime_ns:1", "gone", old), (str(tmp_path / "other.wav"), 3, "mtime_ns:1", "other", old)]
+    for r in range(3):
+        part = os.path.join(out, "sources", f"run_id=r{r}")
+        os.makedirs(part)
+        mine = rows[r::3]
+        pq.write_table(pa.table({c: [x[k] for x in mine] for k, c in enumerate(S.SOURCES_FILE_SCHEMA.names)},
+                                schema=S.SOURCES_FILE_SCHEMA), os.path.join(part, "part-0.parquet"))
+    for rehash in (False, True):
+        inputs, counts = known_inputs(out, listing, rehash)
+        want, want_counts = known_sources(whole, read_sources(out), rehash)
+        got = pa.concat_tables(ray.get(inputs.parts))
+        assert got.to_pylist() == want.to_pylist() and counts == want_counts and inputs.num_rows == len(names)
+    known = want if not rehash else known_sources(whole, read_sources(out), False)[0]
+    assert known.column("known_sha256").to_pylist()[::4] == [f"new-{i}" for i in range(0, len(names), 4)]
+    assert counts == {"sources_new": len(names) - len(range(0, len(names), 4)) - len(range(1, len(names), 4)),
+                      "sources_changed": len(range(1, len(names), 4))}
+    blocks = ray.get(cut_blocks(inputs.pieces, 4))
+    assert max(b.num_rows for b in blocks) == 4
+    assert [u for b in blocks for u in b.column("uri").to_pylist()] == uris
