@@ -38,11 +38,11 @@ def run_labeling(cfg: LabelConfig) -> RunResult:
         kind="label",
         taxonomy=taxonomy,
         key=cfg.run_key(taxonomy),
-        # checked here, then listed by Ray tasks (one per sub-folder or sub-prefix)
+        # checked here, then listed by Ray tasks (each a run of sub-folders or sub-prefixes), whose parts stay in the object store
         read_inputs=lambda: list_input(cfg.input, start_ray=lambda: init_ray(cfg)),
         stages=(DecodeStage, ASRStage, EntailStage),
         # a file read before with the same URI, size and mtime/ETag is not read again (cache.rehash
-        # reads it); looked up in a Ray task, so the sources/ table never reaches the driver
+        # reads it); sources/ is joined with the listing part by part by Ray tasks, never on the driver
         prepare=lambda todo: known_inputs(cfg.output, todo, cfg.cache.rehash or not cfg.cache.transcripts),
     )
     return run(cfg, plan)

@@ -108,8 +108,8 @@ class ListedInputs:
         return list(zip(self.parts, self.rows))
 
 
-def known_inputs(root: str, listing: Any, rehash: bool) -> tuple[ListedInputs, dict[str, int]]:
-    """``listing`` (:class:`labeler.sources.Listing`) as :class:`ListedInputs`: for each file,
+def known_inputs(root: str, listing: Listing, rehash: bool) -> tuple[ListedInputs, dict[str, int]]:
+    """``listing`` as :class:`ListedInputs`: for each file,
     the sha256 an earlier run read with the same URI, size and version
     (:func:`labeler.cache.known_sources`). A map-reduce of Ray tasks joins the listing with
     the ``sources/`` table: map tasks each read a run of its files and split their rows by
@@ -244,12 +244,14 @@ def run(cfg: LabelConfig, plan: RunPlan) -> RunResult:
     started = time.time()
     run_id, lock = claim_run(cfg.output, plan.key, plan.kind, cfg.run_id)
     try:
+        input_rows = inputs.num_rows
         todo, resumed_rows = remaining(inputs, cfg.output, run_id, plan.unit, cfg.out.compression)
+        del inputs  # a listing's parts leave the object store once the stages' inputs are made of them
         t0 = time.perf_counter()
         todo, source_counts = plan.prepare(todo) if plan.prepare is not None else (todo, {})
         rows, side, sizes = execute(cfg, plan, run_id, todo) if todo.num_rows else ({"rows": 0}, {}, {})
         wall = time.perf_counter() - t0
-        manifest = build_manifest(cfg, plan, run_id, inputs.num_rows, resumed_rows, rows, side, sizes, wall, started)
+        manifest = build_manifest(cfg, plan, run_id, input_rows, resumed_rows, rows, side, sizes, wall, started)
         if plan.prepare is not None:
             decode = side.get("stages", {}).get("decode", {})
             manifest["counts"].update({
@@ -257,7 +259,7 @@ def run(cfg: LabelConfig, plan: RunPlan) -> RunResult:
                 "sources_read": int(decode.get("audio_files_read", 0)),
                 **source_counts,
             })
-        manifest = commit(cfg.output, run_id, plan.taxonomy, cfg.scorer.key_hash(), inputs.num_rows, manifest, plan.unit)
+        manifest = commit(cfg.output, run_id, plan.taxonomy, cfg.scorer.key_hash(), input_rows, manifest, plan.unit)
     finally:
         lock.release()
     write_report_or_warn(cfg.output, manifest)
@@ -369,7 +371,7 @@ def _cached_in_shard(cache: Any, whole_hash: str, segmented_hash: str, segment: 
 def _pass(cfg: LabelConfig, plan: RunPlan, run_id: str, todo: Any, ctx: StageContext, blocked: bool = False) -> tuple[dict, dict]:
     """One pass of ``todo`` (:class:`StreamedInputs`, or input blocks: tables or refs to
     them, :func:`cut_blocks`) through the stages into the sink, with its own attempt id and
-    collector. ``blocked``: rows that cost microseconds each (:func:`cached_rows`), in blocks
+    collector. ``blocked``: rows that cost microseconds each (:func:`split_cached`), in blocks
     of :data:`CACHED_ROWS_PER_BLOCK` that every stage takes as one batch."""
     import ray
 

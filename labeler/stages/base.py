@@ -167,7 +167,7 @@ def chain(ds: "ray.data.Dataset", stages: Iterable[type[Stage]], cfg: LabelConfi
           blocked: bool = False) -> "ray.data.Dataset":
     """``ds`` through each stage's actor pool, in order (lazy: nothing runs yet). ``blocked``:
     every stage takes each block whole as one batch, whatever its ``batch_size`` (for rows
-    that cost microseconds each, :func:`labeler.runs.cached_rows`: one call per stage and
+    that cost microseconds each, :func:`labeler.runs.split_cached`: one call per stage and
     block, not one per ``batch_size`` rows)."""
     for stage in stages:
         res = dict(stage.resources(cfg))
