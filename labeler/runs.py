@@ -114,8 +114,9 @@ def known_inputs(root: str, listing: Listing, rehash: bool) -> tuple[ListedInput
     (:func:`labeler.cache.known_sources`). A map-reduce of Ray tasks joins the listing with
     the ``sources/`` table: map tasks each read a run of its files and split their rows by
     the listing part whose URI range they fall in, then one task per part joins it with its
-    rows. Neither the table nor the listing reaches the driver, and no task holds more than
-    a part and the rows of its range. Returns the inputs and the counts of new and changed
+    rows. Neither the table nor the listing reaches the driver; a join task holds a part and
+    the rows of its range (a listing of one part, a manifest or a glob, with the whole
+    table). Returns the inputs and the counts of new and changed
     files."""
     import ray
 
@@ -133,8 +134,8 @@ def known_inputs(root: str, listing: Listing, rehash: bool) -> tuple[ListedInput
         pieces = [split.remote(root, group, listing.bounds, listing.rows) for group in groups]
         pieces = [[p] for p in pieces] if n == 1 else pieces
     join = ray.remote(num_returns=2, max_retries=3)(_known_part)
-    out = [join.remote(part, offset, rehash, *(p[i] for p in pieces))
-           for i, (part, offset) in enumerate(zip(listing.parts, listing.offsets))]
+    out = [join.remote(part, offset, rows, rehash, *(p[i] for p in pieces))
+           for i, (part, offset, rows) in enumerate(zip(listing.parts, listing.offsets, listing.rows))]
     counts = ray.get([c for _, c in out])
     return ListedInputs([t for t, _ in out], [c["rows"] for c in counts]), {k: sum(c[k] for c in counts) for k in zero}
 
@@ -149,8 +150,6 @@ def _split_sources(root: str, files: list[str], bounds: list[tuple[Optional[str]
     n = len(bounds)
     if t is None or not t.num_rows:
         out: list[Any] = [None] * n
-    elif n == 1 and bounds[0][0] is None:
-        out = [t]
     else:
         parts = sorted((lo, i) for i, (lo, _) in enumerate(bounds) if lo is not None and rows[i])
         least = np.array([lo for lo, _ in parts] or [""], dtype=object)
@@ -164,18 +163,31 @@ def _split_sources(root: str, files: list[str], bounds: list[tuple[Optional[str]
         cut = np.searchsorted(owner[order], np.arange(n + 1))
         t = t.take(pa.array(order, pa.int64()))
         out = [t.slice(cut[i], cut[i + 1] - cut[i]) if cut[i + 1] > cut[i] else None for i in range(n)]
+        for i, (lo, _) in enumerate(bounds):
+            if lo is None and rows[i]:  # a part of any URI (a manifest, a glob): every row
+                out[i] = t
     return out if n > 1 else out[0]
 
 
-def _known_part(part: pa.Table, offset: int, rehash: bool, *pieces: Optional[pa.Table]) -> tuple[pa.Table, dict[str, int]]:
+def _known_part(part: pa.Table, offset: int, rows: int, rehash: bool, *pieces: Optional[pa.Table]) -> tuple[pa.Table, dict[str, int]]:
     """One listing part, its rows numbered, with ``known_sha256`` from the ``sources/`` rows
     of its range (``pieces``), and its counts."""
     from labeler.cache import known_sources
     from labeler.sources import number
 
+    same_part(part, rows)
     have = [p for p in pieces if p is not None and p.num_rows]
     t, counts = known_sources(number(part, offset), pa.concat_tables(have) if have else None, rehash)
     return t, {**counts, "rows": t.num_rows}
+
+
+def same_part(part: pa.Table, rows: int) -> None:
+    """Refuse a listing part whose row count is not the one the run planned with: Ray makes
+    a part lost with its node again by listing its folders again, and a folder that changed
+    since would shift every row number after it. The run fails, and a re-run resumes it."""
+    if part.num_rows != rows:
+        raise InputError(f"input listing changed during the run: a part lost with its node and listed again has "
+                         f"{part.num_rows} files, not {rows}; run again to resume with the folder as it is now")
 
 
 #: Rows a Ray task of :func:`cut_blocks` cuts into blocks (a run of pieces of about as many).
@@ -223,14 +235,14 @@ class RunPlan:
     kind: str  # "label" or "relabel"
     taxonomy: Taxonomy
     key: str  # the run key: a re-run with the same key resumes an unfinished run
-    read_inputs: Callable[[], Any]  # the input rows (a pa.Table, or StreamedInputs): one per output row, unique utt_id
+    read_inputs: Callable[[], Any]  # the input rows (a Listing, a StreamedInputs, or a pa.Table): one per unit, unique utt_id
     stages: tuple[type[Stage], ...]  # in order
     caches: tuple[str, ...] = ("transcripts", "scores")  # caches the stages look up
     preset_cache_counts: Callable[[int], dict[str, int]] = lambda rows: {}  # counters known before any stage runs
     manifest: dict[str, Any] = field(default_factory=dict)  # fields of this kind of run (source run, models)
     unit: str = "source_id"  # what one input row is: a file (label: it gives 1..N rows) or an utterance (relabel: 1 row)
     # the rows left to do, with what earlier runs know of them (label: the sha256 of unchanged files), and counts for the manifest
-    prepare: Optional[Callable[[pa.Table], tuple[pa.Table, dict[str, int]]]] = None
+    prepare: Optional[Callable[[Any], tuple[Any, dict[str, int]]]] = None  # label: Listing -> ListedInputs
 
 
 def run(cfg: LabelConfig, plan: RunPlan) -> RunResult:
@@ -314,8 +326,8 @@ def execute(cfg: LabelConfig, plan: RunPlan, run_id: str, todo: Any) -> tuple[di
 def split_cached(cfg: LabelConfig, todo: ListedInputs, ctx: StageContext, step: int) -> tuple[list[Any], list[Any]]:
     """The input blocks of a label run's two passes: (files known unchanged whose
     transcripts, under this run's settings, are in the transcript cache, in blocks of
-    :data:`CACHED_ROWS_PER_BLOCK` ordered by the cache shard they are in, so a block needs
-    one shard; every other row, in blocks of ``step``). A Ray task per listing part splits
+    :data:`CACHED_ROWS_PER_BLOCK` ordered by the cache shard they are in, so a block mostly
+    needs one shard (one cut task may join the ends of neighbouring shards); every other row, in blocks of ``step``). A Ray task per listing part splits
     its rows by the shard of their known sha256, then a task per shard looks its rows up
     beside the shard: the driver holds refs and counts, never a sha256."""
     import ray
@@ -724,7 +736,7 @@ def remaining(inputs: Any, root: str, run_id: str, unit: str = "source_id", comp
 
         ids = ray.put(pa.array(sorted(done), pa.string()))
         task = ray.remote(num_returns=2, max_retries=3)(_drop_done)
-        out = [task.remote(part, offset, ids) for part, offset in zip(inputs.parts, inputs.offsets)]
+        out = [task.remote(part, offset, rows, ids) for part, offset, rows in zip(inputs.parts, inputs.offsets, inputs.rows)]
         todo = Listing([p for p, _ in out], ray.get([n for _, n in out]), inputs.bounds)
         return todo, inputs.num_rows - todo.num_rows
     keep = pc.invert(pc.is_in(inputs.column("utt_id"), value_set=pa.array(sorted(done), pa.string())))
@@ -732,9 +744,10 @@ def remaining(inputs: Any, root: str, run_id: str, unit: str = "source_id", comp
     return todo, inputs.num_rows - todo.num_rows
 
 
-def _drop_done(part: pa.Table, offset: int, ids: pa.Array) -> tuple[pa.Table, int]:
+def _drop_done(part: pa.Table, offset: int, rows: int, ids: pa.Array) -> tuple[pa.Table, int]:
     from labeler.sources import number
 
+    same_part(part, rows)
     t = drop_ids(number(part, offset), ids)
     return t, t.num_rows
 

@@ -125,16 +125,19 @@ class Listing:
 
     @property
     def offsets(self) -> list[int]:
-        """The listing row number of each part's first row."""
+        """The listing row number of each part's first row, while the parts are not yet
+        numbered (a numbered part keeps its numbers: :func:`number`)."""
         return [int(x) for x in np.cumsum([0, *self.rows[:-1]])]
 
     def gather(self) -> pa.Table:
         """The whole listing as one table here, its rows numbered."""
-        parts = [p if isinstance(p, pa.Table) else None for p in self.parts]
-        if any(p is None for p in parts):
+        parts = list(self.parts)
+        refs = [k for k, p in enumerate(parts) if not isinstance(p, pa.Table)]
+        if refs:
             import ray
 
-            parts = ray.get(list(self.parts))
+            for k, t in zip(refs, ray.get([parts[k] for k in refs])):
+                parts[k] = t
         return pa.concat_tables([number(p, o) for p, o in zip(parts, self.offsets)])
 
 
@@ -171,7 +174,9 @@ def list_input(spec: str, start_ray: Optional[Callable[[], None]] = None) -> Lis
             raise InputError(f"no audio files ({', '.join(AUDIO_EXTENSIONS[:6])}, ...) found under {redact(spec)}")
         if unique:
             return listing
+        # marked here, then cut again at the parts' bounds (the rows keep their order and URIs)
         listed = _dedupe(listing.gather().drop_columns(["source_row"]))
+        return Listing([listed.slice(o, n) for o, n in zip(listing.offsets, listing.rows)], listing.rows, listing.bounds)
     return Listing([listed], [listed.num_rows], [(None, None)])
 
 
@@ -205,8 +210,12 @@ def _from_directory(root: str, start_ray: Optional[Callable[[], None]] = None) -
     if info.type == pafs.FileType.File:
         return _one_part(_table([_single_file(root, path)])), True
     top = fs.get_file_info(pafs.FileSelector(path, recursive=False))
-    subs = sorted(f.path for f in top if f.type == pafs.FileType.Directory)
-    return _list_runs(root, path, _remote_found(root, path, top), [(sub, (root, path, sub)) for sub in subs], _listed_remote, start_ray)
+    found, subs = _remote_found(root, path, top), sorted(f.path for f in top if f.type == pafs.FileType.Directory)
+    while len(subs) == 1:  # a lone sub-prefix: the tasks take the first level that fans out
+        below = fs.get_file_info(pafs.FileSelector(subs[0], recursive=False))
+        found += _remote_found(root, path, below)
+        subs = sorted(f.path for f in below if f.type == pafs.FileType.Directory)
+    return _list_runs(root, path, found, [(sub, (root, path, sub)) for sub in subs], _listed_remote, start_ray)
 
 
 def _remote_found(root: str, path: str, infos) -> list[tuple[str, str | None, tuple]]:
@@ -294,9 +303,9 @@ def _list_run(root: str, base: str, list_folder: Callable[..., pa.Table], entrie
         pieces.append(_listed(root, base, files))
     t = pa.concat_tables(pieces) if pieces else LISTED_SCHEMA.empty_table()
     least = greatest = None
-    if t.num_rows:
-        bounds = pc.min_max(t.column("uri")).as_py()
-        least, greatest = redact(bounds["min"]), redact(bounds["max"])
+    if t.num_rows:  # of the URIs as sources/ stores them (redacted), whose order may differ
+        bounds = pc.min_max(pa.array([redact(u) for u in t.column("uri").to_pylist()], pa.string())).as_py()
+        least, greatest = bounds["min"], bounds["max"]
     return t, {"rows": t.num_rows, "unique": _unique(t), "least": least, "greatest": greatest}
 
 
@@ -329,6 +338,9 @@ def _from_local_directory(root: str, path: str, start_ray: Optional[Callable[[],
     if not _stat.S_ISDIR(st.st_mode):
         raise InputError(f"input {redact(root)} is not a regular file or folder ({_kind(st.st_mode)}); not read")
     found, folders = _scan_local(path, frozenset([(st.st_dev, st.st_ino)]), recurse=False)
+    while len(folders) == 1:  # corpus/wav/<speaker>/...: the tasks take the first level that fans out
+        more, folders = _scan_local(*folders[0], recurse=False)
+        found += more
     return _list_runs(root, path, found, [(folder, (root, path, folder, above)) for folder, above in folders], _listed_local, start_ray)
 
 
@@ -518,14 +530,14 @@ def _manifest_row_check(uri: str) -> tuple[str | None, int | None, str | None]:
     return (err, None, None) if err else (None, *_local_meta(st))
 
 
-def _dedupe(listed: pa.Table, unique: bool = False) -> pa.Table:
+def _dedupe(listed: pa.Table) -> pa.Table:
     """The listing, its rows numbered; a row whose URI or ``utt_id`` an earlier row has
     becomes an error row with a ``#dup<k>`` id. A folder or a glob lists each URI once and
-    rarely two files with one id, so that common case is checked with Arrow first (or known
-    from the folder's parts: ``unique``), without the per-row bookkeeping."""
+    rarely two files with one id, so that common case is checked with Arrow first, without
+    the per-row bookkeeping."""
     n = listed.num_rows
     rows = pa.array(np.arange(n, dtype=np.int64))
-    if unique or _unique(listed):
+    if _unique(listed):
         return listed.append_column("source_row", rows).select(INPUT_SCHEMA.names).cast(INPUT_SCHEMA)
     first_by_uri: dict[str, str] = {}
     first_by_id: dict[str, int] = {}

@@ -262,7 +262,7 @@ def test_sharded_caches_find_what_one_cache_finds(tmp_path):
 
 
 
-def test_listing_parts_join_the_sources_table_as_the_whole_table_would(ray_local, tmp_path):
+def test_listing_parts_join_the_sources_table_as_the_whole_table_would(ray_local, tmp_path, monkeypatch):
     """A folder listed in parts by Ray tasks stays in the object store (the driver holds refs,
     row counts and each part's URI range). The map-reduce join with ``sources/`` (its files'
     rows sent to the part whose range they fall in) gives every file the sha256 and the
@@ -315,3 +315,19 @@ def test_listing_parts_join_the_sources_table_as_the_whole_table_would(ray_local
     blocks = ray.get(cut_blocks(inputs.pieces, 4))
     assert max(b.num_rows for b in blocks) == 4
     assert [u for b in blocks for u in b.column("uri").to_pylist()] == uris
+
+    import labeler.runs as runs
+
+    staged = [0, 5, 11, len(names) - 1]  # what an earlier attempt staged (settle_staged reads it from _staging/)
+    monkeypatch.setattr(runs, "settle_staged", lambda *a, **k: {whole.column("utt_id")[i].as_py() for i in staged})
+    left, resumed = runs.remaining(listing, out, "r1")
+    assert resumed == len(staged) and len(left.parts) == len(listing.parts)
+    inputs, _ = known_inputs(out, left, False)
+    got = pa.concat_tables(ray.get(inputs.parts))
+    kept = [i for i in range(len(names)) if i not in staged]
+    assert got.column("source_row").to_pylist() == kept and got.to_pylist() == known.take(kept).to_pylist()
+    # a part Ray made again by listing a folder that changed meanwhile is refused, not renumbered
+    from labeler.errors import InputError
+
+    with pytest.raises(InputError, match="input listing changed during the run"):
+        runs._known_part(whole.slice(0, 3), 0, 4, False)

@@ -6,7 +6,7 @@ import pytest
 
 from labeler.errors import InputError
 from labeler.io import redact, redact_text
-from labeler.sources import resolve_input
+from labeler.sources import list_input, resolve_input
 
 
 def _touch(p):
@@ -264,6 +264,22 @@ def test_sub_folders_listed_by_ray_tasks_give_the_same_listing(ray_local, tmp_pa
     errors = dict(zip(serial.column("utt_id").to_pylist(), serial.column("error").to_pylist()))
     assert errors["a/gone"].startswith("input: broken symbolic link") and errors["b#dup1"].startswith("input: duplicate utt_id 'b'")
     assert serial.column("source_row").to_pylist() == list(range(17))
+    # the duplicate ("b" twice) is marked on the driver, and the listing keeps its parts
+    listing = list_input(str(d), start_ray=lambda: None)
+    assert len(listing.parts) > 1 and listing.gather().equals(serial)
+
+
+def test_a_lone_sub_folder_is_stepped_into_so_its_sub_folders_are_listed_by_tasks(ray_local, tmp_path):
+    """corpus/wav/<speaker>/...: the tasks take the first level with several sub-folders,
+    and ids stay relative to the input folder."""
+    d = tmp_path / "corpus"
+    for name in ["top.wav", "wav/a.wav", *(f"wav/spk{k}/x{j}.wav" for k in range(4) for j in range(2))]:
+        _touch(d / name)
+    listing = list_input(str(d), start_ray=lambda: None)
+    assert len(listing.parts) > 1 and not any(isinstance(p, pa.Table) for p in listing.parts)
+    t = listing.gather()
+    assert t.equals(resolve_input(str(d)))
+    assert t.column("utt_id").to_pylist()[:4] == ["top", "wav/a", "wav/spk0/x0", "wav/spk0/x1"]
 
 
 def test_bucket_prefix_is_listed_by_sub_prefix_in_path_order(tmp_path):
