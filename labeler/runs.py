@@ -143,14 +143,21 @@ def known_inputs(root: str, listing: Listing, rehash: bool) -> tuple[ListedInput
 def _split_sources(root: str, files: list[str], bounds: list[tuple[Optional[str], Optional[str]]], rows: list[int]) -> Any:
     """The ``sources/`` rows of ``files`` split by the listing part (``bounds``: its least
     and greatest URI; ``(None, None)``: any) their URI falls in; rows of no part's range are
-    dropped. One table (or None) per part, as a map task of :func:`known_inputs` returns them."""
+    dropped, a row in several parts' ranges (a manifest's parts may overlap) goes to each.
+    One table (or None) per part, as a map task of :func:`known_inputs` returns them."""
     from labeler.cache import read_sources
 
     t = read_sources(root, files)
     n = len(bounds)
     if t is None or not t.num_rows:
         out: list[Any] = [None] * n
-    else:
+    elif not _disjoint(bounds, rows):  # a manifest's parts: each gets the rows of its range, which others share
+        import pyarrow.compute as pc
+
+        out = [None if lo is None else t.filter(pc.and_(pc.greater_equal(t.column("uri"), lo), pc.less_equal(t.column("uri"), hi)))
+               for lo, hi in bounds]
+        out = [p if p is not None and p.num_rows else None for p in out]
+    else:  # a folder's parts, in path order: each row to the one part whose range it is in
         parts = sorted((lo, i) for i, (lo, _) in enumerate(bounds) if lo is not None and rows[i])
         least = np.array([lo for lo, _ in parts] or [""], dtype=object)
         owners = np.array([i for _, i in parts] or [0], np.int64)
@@ -163,10 +170,17 @@ def _split_sources(root: str, files: list[str], bounds: list[tuple[Optional[str]
         cut = np.searchsorted(owner[order], np.arange(n + 1))
         t = t.take(pa.array(order, pa.int64()))
         out = [t.slice(cut[i], cut[i + 1] - cut[i]) if cut[i + 1] > cut[i] else None for i in range(n)]
+    if t is not None:
         for i, (lo, _) in enumerate(bounds):
-            if lo is None and rows[i]:  # a part of any URI (a manifest, a glob): every row
+            if lo is None and rows[i]:  # a part of any URI (a manifest read here, a glob): every row
                 out[i] = t
     return out if n > 1 else out[0]
+
+
+def _disjoint(bounds: list[tuple[Optional[str], Optional[str]]], rows: list[int]) -> bool:
+    """Whether the URI ranges of the listing's non-empty parts overlap nowhere."""
+    ranges = sorted((lo, hi) for (lo, hi), n in zip(bounds, rows) if lo is not None and n)
+    return all(a[1] < b[0] for a, b in zip(ranges, ranges[1:]))
 
 
 def _known_part(part: pa.Table, offset: int, rows: int, rehash: bool, *pieces: Optional[pa.Table]) -> tuple[pa.Table, dict[str, int]]:

@@ -159,11 +159,16 @@ def list_input(spec: str, start_ray: Optional[Callable[[], None]] = None) -> Lis
     of the listing stays in the object store, so the listing streams into the run's dataset
     without being gathered on the driver. Only when the listing holds a duplicate (two files
     of one id, ``a.wav`` and ``a.flac``) is it gathered here to mark it. The input is
-    checked (found, a folder) before Ray starts, so a mistyped path fails at once. A
-    manifest or a glob is listed here, as one part."""
+    checked (found, a folder) before Ray starts, so a mistyped path fails at once. A Parquet
+    manifest of several row groups is listed by Ray tasks too, a run of row groups each
+    (:func:`_parquet_manifest`); another manifest, or a glob, is listed here, as one part."""
     if not spec:
         raise InputError("no input given")
     lower = spec.lower().split("?")[0]
+    if lower.endswith(".parquet") and start_ray is not None:
+        listing = _parquet_manifest(spec, start_ray)
+        if listing is not None:
+            return listing
     if lower.endswith(MANIFEST_EXTENSIONS):
         listed = _dedupe(_table(_from_manifest(spec)))
     elif any(ch in spec for ch in "*?["):
@@ -172,12 +177,15 @@ def list_input(spec: str, start_ray: Optional[Callable[[], None]] = None) -> Lis
         listing, unique = _from_directory(spec, start_ray)
         if not listing.num_rows:
             raise InputError(f"no audio files ({', '.join(AUDIO_EXTENSIONS[:6])}, ...) found under {redact(spec)}")
-        if unique:
-            return listing
-        # marked here, then cut again at the parts' bounds (the rows keep their order and URIs)
-        listed = _dedupe(listing.gather().drop_columns(["source_row"]))
-        return Listing([listed.slice(o, n) for o, n in zip(listing.offsets, listing.rows)], listing.rows, listing.bounds)
+        return listing if unique else _marked(listing)
     return Listing([listed], [listed.num_rows], [(None, None)])
+
+
+def _marked(listing: Listing) -> Listing:
+    """A listing that holds a duplicate, gathered here to mark it (:func:`_dedupe`), then cut
+    again into its parts (the rows keep their order and URIs, so the parts their bounds)."""
+    listed = _dedupe(listing.gather().drop_columns(["source_row"]))
+    return Listing([listed.slice(o, n) for o, n in zip(listing.offsets, listing.rows)], listing.rows, listing.bounds)
 
 
 #: The columns of a listing before its rows are numbered and checked for duplicates.
@@ -302,11 +310,16 @@ def _list_run(root: str, base: str, list_folder: Callable[..., pa.Table], entrie
     if files:
         pieces.append(_listed(root, base, files))
     t = pa.concat_tables(pieces) if pieces else LISTED_SCHEMA.empty_table()
-    least = greatest = None
-    if t.num_rows:  # of the URIs as sources/ stores them (redacted), whose order may differ
-        bounds = pc.min_max(pa.array([redact(u) for u in t.column("uri").to_pylist()], pa.string())).as_py()
-        least, greatest = bounds["min"], bounds["max"]
-    return t, {"rows": t.num_rows, "unique": _unique(t), "least": least, "greatest": greatest}
+    return t, {"rows": t.num_rows, "unique": _unique(t), **_bounds(t)}
+
+
+def _bounds(t: pa.Table) -> dict[str, Optional[str]]:
+    """The least and greatest URI of a listing part, as ``sources/`` stores them (redacted,
+    which may change their order)."""
+    if not t.num_rows:
+        return {"least": None, "greatest": None}
+    bounds = pc.min_max(pa.array([redact(u) for u in t.column("uri").to_pylist()], pa.string())).as_py()
+    return {"least": bounds["min"], "greatest": bounds["max"]}
 
 
 def _single_file(root: str, path: str) -> _Item:
@@ -497,13 +510,26 @@ def _from_manifest(spec: str) -> list[_Item]:
         raise InputError(f"manifest {redact(spec)} has no 'uri' column (columns: {table.column_names}); it needs 'uri' and may have 'utt_id'")
     if table.num_rows == 0:
         raise InputError(f"manifest {redact(spec)} has no rows")
+    items, problems = _manifest_items(table, spec)
+    if problems:
+        raise _malformed(spec, problems[:5], len(problems))
+    return items
+
+
+def _malformed(spec: str, head: list[str], count: int) -> InputError:
+    more = f"; and {count - len(head)} more" if count > len(head) else ""
+    return InputError(f"malformed manifest {redact(spec)}: {'; '.join(head)}{more}")
+
+
+def _manifest_items(table: pa.Table, spec: str, offset: int = 0) -> tuple[list[_Item], list[str]]:
+    """The listing items of manifest rows (``offset``: the first one's row number), and the
+    rows' problems (an empty ``uri``): none are listed when there is one."""
     uris = table.column("uri").to_pylist()
     ids = table.column("utt_id").to_pylist() if "utt_id" in table.column_names else [None] * len(uris)
     base = _parent(spec)
-    problems = [f"row {i}: uri is empty" for i, u in enumerate(uris) if not isinstance(u, str) or not u.strip()]
+    problems = [f"row {offset + i}: uri is empty" for i, u in enumerate(uris) if not isinstance(u, str) or not u.strip()]
     if problems:
-        head = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-        raise InputError(f"malformed manifest {redact(spec)}: {head}")
+        return [], problems
     items = []
     for written, utt in zip(uris, ids):
         written = written.strip()
@@ -514,7 +540,79 @@ def _from_manifest(spec: str) -> list[_Item]:
         # not change when the corpus moves.
         utt_id = str(utt).strip() if utt is not None and str(utt).strip() else redact(written)
         items.append(_Item(utt_id, uri, *_manifest_row_check(uri)))
-    return items
+    return items, []
+
+
+def _parquet_manifest(spec: str, start_ray: Callable[[], None]) -> Optional[Listing]:
+    """A Parquet manifest of several row groups listed by Ray tasks, each a run of row groups
+    into one part (its local rows checked with ``stat`` there too), so the manifest never
+    reaches the driver: it reads the footer only. Whether its ids and URIs are unique across
+    the parts is checked by one task on 64-bit hashes of them; a duplicate (or a hash
+    collision) sends it to :func:`_dedupe` here, as a folder's. None when the manifest is
+    not such a file (one row group, no ``uri`` column, unreadable): then it is read here,
+    with the usual errors."""
+    import pyarrow.parquet as pq
+
+    try:
+        fs, path = filesystem(spec)
+        with fs.open_input_file(path) as f:
+            meta = pq.ParquetFile(f).metadata
+    except (OSError, pa.ArrowInvalid, ValueError):
+        return None
+    if meta.num_row_groups < 2 or "uri" not in meta.schema.names or not meta.num_rows:
+        return None
+    start_ray()
+    import ray
+
+    sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+    tasks = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+    target, runs, held = sum(sizes) / tasks, [[]], 0
+    for g, n in enumerate(sizes):
+        if runs[-1] and held + n > target:
+            runs.append([])
+            held = 0
+        runs[-1].append(g)
+        held += n
+    offsets = np.cumsum([0, *sizes])
+    task = ray.remote(num_returns=3, max_retries=3)(_manifest_part)
+    out = [task.remote(spec, run, int(offsets[run[0]])) for run in runs]
+    infos = ray.get([i for _, _, i in out])
+    problems = [p for i in infos for p in i["problems"]]
+    if problems:
+        raise _malformed(spec, problems[:5], sum(i["problem_count"] for i in infos))
+    listing = Listing([p for p, _, _ in out], [i["rows"] for i in infos], [(i["least"], i["greatest"]) for i in infos])
+    return listing if ray.get(ray.remote(max_retries=3)(_hashes_unique).remote(*[k for _, k, _ in out])) else _marked(listing)
+
+
+def _manifest_part(spec: str, groups: list[int], offset: int) -> tuple[pa.Table, np.ndarray, dict[str, Any]]:
+    """One run of a Parquet manifest's row groups listed (a Ray task's work): the part, the
+    64-bit hashes of its ids and URIs, and its row count, bounds and problems."""
+    import pyarrow.parquet as pq
+
+    fs, path = filesystem(spec)
+    with fs.open_input_file(path) as f:
+        pf = pq.ParquetFile(f)
+        t = pf.read_row_groups(groups, columns=[c for c in ("uri", "utt_id") if c in pf.schema_arrow.names])
+    items, problems = _manifest_items(t, spec, offset)
+    part = _table(items)
+    return part, _key_hashes(part), {"rows": part.num_rows, "problems": problems[:5], "problem_count": len(problems),
+                                    **_bounds(part)}
+
+
+def _key_hashes(t: pa.Table) -> np.ndarray:
+    """64-bit hashes of each row's ``utt_id`` and of its URI (kept apart by a prefix)."""
+    import hashlib
+
+    def h(x: str) -> int:
+        return int.from_bytes(hashlib.blake2b(x.encode(), digest_size=8).digest(), "little")
+
+    ids, uris = t.column("utt_id").to_pylist(), t.column("uri").to_pylist()
+    return np.array([h("i" + x) for x in ids] + [h("u" + x) for x in uris], np.uint64)
+
+
+def _hashes_unique(*hashes: np.ndarray) -> bool:
+    keys = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
+    return len(np.unique(keys)) == len(keys)
 
 
 def _manifest_row_check(uri: str) -> tuple[str | None, int | None, str | None]:

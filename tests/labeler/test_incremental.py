@@ -326,6 +326,17 @@ def test_listing_parts_join_the_sources_table_as_the_whole_table_would(ray_local
     got = pa.concat_tables(ray.get(inputs.parts))
     kept = [i for i in range(len(names)) if i not in staged]
     assert got.column("source_row").to_pylist() == kept and got.to_pylist() == known.take(kept).to_pylist()
+    # a Parquet manifest of the same files, out of order in 3 row groups: its parts' URI ranges
+    # overlap, and each part gets every sources/ row of its range
+    m = tmp_path / "list.parquet"
+    shuffled = [uris[k] for k in np.random.default_rng(0).permutation(len(uris))]
+    pq.write_table(pa.table({"uri": shuffled}), m, row_group_size=7)
+    manifest = list_input(str(m), start_ray=lambda: None)
+    assert len(manifest.parts) == 3
+    inputs, counts = known_inputs(out, manifest, False)
+    want, want_counts = known_sources(manifest.gather(), read_sources(out), False)
+    assert pa.concat_tables(ray.get(inputs.parts)).to_pylist() == want.to_pylist() and counts == want_counts
+
     # a part Ray made again by listing a folder that changed meanwhile is refused, not renumbered
     from labeler.errors import InputError
 

@@ -295,3 +295,32 @@ def test_bucket_prefix_is_listed_by_sub_prefix_in_path_order(tmp_path):
     assert t.column("utt_id").to_pylist() == ["a-b/y", "a", "a/x", "b", "d/e/f"]
     assert t.column("uri").to_pylist()[1] == f"memory:///{bucket}/corpus/a.wav"
     assert t.column("source_size").to_pylist() == [2] * 5
+
+
+def test_parquet_manifest_of_row_groups_is_listed_by_ray_tasks(ray_local, tmp_path):
+    """A Parquet manifest of several row groups is listed by Ray tasks, a run of row groups
+    each, into parts that stay in the object store: the same rows as the manifest read here
+    (relative URIs resolved, given ids kept), a duplicate across row groups marked, an empty
+    ``uri`` reported with its row number."""
+    clips = tmp_path / "clips"
+    names = [f"c{k:02d}.wav" for k in range(14)]
+    for name in names:
+        _touch(clips / name)
+    order = [5, 0, 13, 7, 2, 11, 9, 1, 12, 3, 8, 6, 10, 4]  # not in URI order: the parts' ranges overlap
+    uris = [f"clips/{names[k]}" for k in order]
+    ids = [f"id{k}" if k % 3 == 0 else None for k in order]
+    m = tmp_path / "list.parquet"
+    pq.write_table(pa.table({"uri": uris, "utt_id": ids}), m, row_group_size=4)
+    listing = list_input(str(m), start_ray=lambda: None)
+    assert len(listing.parts) > 1 and not any(isinstance(p, pa.Table) for p in listing.parts)
+    t = listing.gather()
+    assert t.equals(resolve_input(str(m))) and t.column("source_row").to_pylist() == list(range(14))
+    assert t.column("uri").to_pylist()[0] == str(clips / names[5]) and t.column("utt_id").to_pylist()[1] == "id0"
+
+    pq.write_table(pa.table({"uri": uris + [uris[1]], "utt_id": ids + [None]}), m, row_group_size=4)
+    t = list_input(str(m), start_ray=lambda: None).gather()
+    assert t.equals(resolve_input(str(m))) and t.column("error").to_pylist()[-1].startswith("input: duplicate")
+
+    pq.write_table(pa.table({"uri": uris[:9] + ["  "] + uris[10:], "utt_id": ids}), m, row_group_size=4)
+    with pytest.raises(InputError, match="row 9: uri is empty"):
+        list_input(str(m), start_ray=lambda: None)
