@@ -114,13 +114,14 @@ def known_inputs(root: str, listing: Listing, rehash: bool) -> tuple[ListedInput
     (:func:`labeler.cache.known_sources`). A map-reduce of Ray tasks joins the listing with
     the ``sources/`` table: map tasks each read a run of its files and split their rows by
     the listing part whose URI range they fall in, then one task per part joins it with its
-    rows. Neither the table nor the listing reaches the driver; a join task holds a part and
+    rows (a manifest's parts may overlap in range: then each map task's rows are one object
+    that every join task reads, keeping those of its range). Neither the table nor the listing reaches the driver; a join task holds a part and
     the rows of its range (a listing of one part, a manifest or a glob, with the whole
     table). Returns the inputs and the counts of new and changed
     files."""
     import ray
 
-    from labeler.cache import table_files
+    from labeler.cache import read_sources, table_files
 
     zero = {"sources_new": 0, "sources_changed": 0}
     if not listing.num_rows:
@@ -128,14 +129,19 @@ def known_inputs(root: str, listing: Listing, rehash: bool) -> tuple[ListedInput
     n = len(listing.parts)
     files = table_files(root, "sources")
     pieces: list[list[Any]] = []
+    disjoint = _disjoint(listing.bounds, listing.rows)
     if files:
-        split = ray.remote(num_returns=n, max_retries=3)(_split_sources)
         groups = file_groups(files, min(len(files), max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))))
-        pieces = [split.remote(root, group, listing.bounds, listing.rows) for group in groups]
-        pieces = [[p] for p in pieces] if n == 1 else pieces
+        if disjoint:
+            split = ray.remote(num_returns=n, max_retries=3)(_split_sources)
+            pieces = [split.remote(root, group, listing.bounds, listing.rows) for group in groups]
+            pieces = [[p] for p in pieces] if n == 1 else pieces
+        else:  # a manifest's parts, whose ranges overlap: each map task's rows are one object all join tasks share
+            read = ray.remote(max_retries=3)(read_sources)
+            pieces = [[ref] * n for ref in (read.remote(root, group) for group in groups)]
     join = ray.remote(num_returns=2, max_retries=3)(_known_part)
-    out = [join.remote(part, offset, rows, rehash, *(p[i] for p in pieces))
-           for i, (part, offset, rows) in enumerate(zip(listing.parts, listing.offsets, listing.rows))]
+    out = [join.remote(part, offset, rows, rehash, None if disjoint else bounds, *(p[i] for p in pieces))
+           for i, (part, offset, rows, bounds) in enumerate(zip(listing.parts, listing.offsets, listing.rows, listing.bounds))]
     counts = ray.get([c for _, c in out])
     return ListedInputs([t for t, _ in out], [c["rows"] for c in counts]), {k: sum(c[k] for c in counts) for k in zero}
 
@@ -143,7 +149,7 @@ def known_inputs(root: str, listing: Listing, rehash: bool) -> tuple[ListedInput
 def _split_sources(root: str, files: list[str], bounds: list[tuple[Optional[str], Optional[str]]], rows: list[int]) -> Any:
     """The ``sources/`` rows of ``files`` split by the listing part (``bounds``: its least
     and greatest URI; ``(None, None)``: any) their URI falls in; rows of no part's range are
-    dropped, a row in several parts' ranges (a manifest's parts may overlap) goes to each.
+    dropped. The ranges do not overlap (:func:`_disjoint`: a folder's parts, in path order).
     One table (or None) per part, as a map task of :func:`known_inputs` returns them."""
     from labeler.cache import read_sources
 
@@ -151,13 +157,7 @@ def _split_sources(root: str, files: list[str], bounds: list[tuple[Optional[str]
     n = len(bounds)
     if t is None or not t.num_rows:
         out: list[Any] = [None] * n
-    elif not _disjoint(bounds, rows):  # a manifest's parts: each gets the rows of its range, which others share
-        import pyarrow.compute as pc
-
-        out = [None if lo is None else t.filter(pc.and_(pc.greater_equal(t.column("uri"), lo), pc.less_equal(t.column("uri"), hi)))
-               for lo, hi in bounds]
-        out = [p if p is not None and p.num_rows else None for p in out]
-    else:  # a folder's parts, in path order: each row to the one part whose range it is in
+    else:
         parts = sorted((lo, i) for i, (lo, _) in enumerate(bounds) if lo is not None and rows[i])
         least = np.array([lo for lo, _ in parts] or [""], dtype=object)
         owners = np.array([i for _, i in parts] or [0], np.int64)
@@ -183,14 +183,21 @@ def _disjoint(bounds: list[tuple[Optional[str], Optional[str]]], rows: list[int]
     return all(a[1] < b[0] for a, b in zip(ranges, ranges[1:]))
 
 
-def _known_part(part: pa.Table, offset: int, rows: int, rehash: bool, *pieces: Optional[pa.Table]) -> tuple[pa.Table, dict[str, int]]:
+def _known_part(part: pa.Table, offset: int, rows: int, rehash: bool, bounds: Optional[tuple[Optional[str], Optional[str]]],
+                *pieces: Optional[pa.Table]) -> tuple[pa.Table, dict[str, int]]:
     """One listing part, its rows numbered, with ``known_sha256`` from the ``sources/`` rows
-    of its range (``pieces``), and its counts."""
+    of its range (``pieces``; with ``bounds``, rows of any URI, kept here when in them), and
+    its counts."""
+    import pyarrow.compute as pc
+
     from labeler.cache import known_sources
     from labeler.sources import number
 
     same_part(part, rows)
     have = [p for p in pieces if p is not None and p.num_rows]
+    if bounds is not None and bounds[0] is not None:
+        lo, hi = bounds
+        have = [p.filter(pc.and_(pc.greater_equal(p.column("uri"), lo), pc.less_equal(p.column("uri"), hi))) for p in have]
     t, counts = known_sources(number(part, offset), pa.concat_tables(have) if have else None, rehash)
     return t, {**counts, "rows": t.num_rows}
 

@@ -332,7 +332,7 @@ def test_listing_parts_join_the_sources_table_as_the_whole_table_would(ray_local
     shuffled = [uris[k] for k in np.random.default_rng(0).permutation(len(uris))]
     pq.write_table(pa.table({"uri": shuffled}), m, row_group_size=7)
     manifest = list_input(str(m), start_ray=lambda: None)
-    assert len(manifest.parts) == 3
+    assert len(manifest.parts) == 3 and not runs._disjoint(manifest.bounds, manifest.rows)
     inputs, counts = known_inputs(out, manifest, False)
     want, want_counts = known_sources(manifest.gather(), read_sources(out), False)
     assert pa.concat_tables(ray.get(inputs.parts)).to_pylist() == want.to_pylist() and counts == want_counts
@@ -341,4 +341,4 @@ def test_listing_parts_join_the_sources_table_as_the_whole_table_would(ray_local
     from labeler.errors import InputError
 
     with pytest.raises(InputError, match="input listing changed during the run"):
-        runs._known_part(whole.slice(0, 3), 0, 4, False)
+        runs._known_part(whole.slice(0, 3), 0, 4, False, None)
