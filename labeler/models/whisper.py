@@ -56,6 +56,9 @@ ALIKE_CORRELATION = 0.9
 # window more costs one encoder pass, a failed whole decode its decode again. (Copies of a
 # prompt outnumber the windows only in small batches, where one window is what it takes.)
 PACK_SPREAD_EXTRA = 1
+# A whole decode is kept when at most half its clips are doubtful; one whose clips repeat
+# each other (or got no text) more than this share marks speech that repeats itself.
+REPEAT_SHARE_MAX = 0.5
 
 
 @dataclass(frozen=True)
@@ -482,17 +485,17 @@ class WhisperASR:
                 and len(out[w][1]) <= len(windows[w]) // 2}
         for w in anchorable:  # how whole-window decoding fares on this speech (a direct one predicts it)
             if w in set(whole) and out[w] is not None:
-                self._health(bool(not out[w][0] and out[w][3] and (not out[w][1] or w in kept)))
+                self._health(bool(not out[w][0] and out[w][3] and (not out[w][1] or w in kept)),
+                             repetitive=w not in kept and not out[w][0] and repeat_share(
+                                 [out[w][2][i].text if i in out[w][2] else "" for i in windows[w]]) > REPEAT_SHARE_MAX)
                 self.stats["failed_windows"] += int(bool(out[w][0] or not out[w][3] or out[w][1]))
         if again:
             self.stats["anchored_windows"] += len(again)
             redo = self._decode_anchored(waveforms, [windows[w] for w in again], [encoded.get(w) for w in again],
                                          kept=[kept.get(w) for w in again])
             for w, o in zip(again, redo):
-                if w not in set(whole) and o is not None:  # would the whole decode have passed? repeats say no
-                    texts = [o[2][i].text if i in o[2] else "" for i in windows[w]]
-                    self._health(not any(repeats(normalize_text(a).split(), normalize_text(b).split())
-                                         for k, a in enumerate(texts) for b in texts[k + 1:]))
+                if w not in set(whole) and o is not None:  # would the whole decode have passed (or been kept)?
+                    self._health(repeat_share([o[2][i].text if i in o[2] else None for i in windows[w]]) <= REPEAT_SHARE_MAX)
                 out[w] = o
         self._retry_anchored(waveforms, [(windows[w], out[w]) for w in again if out[w] is not None])
         return out
@@ -527,9 +530,16 @@ class WhisperASR:
         """A window that anchored decoding may take: packed, and no clip of it needs words."""
         return self.pack_decode == "anchored" and len(members) > 1 and not any(want[i] for i in members)
 
-    def _health(self, ok: bool) -> None:
-        """One first-attempt window's outcome into the run's packing health (decayed)."""
+    def _health(self, ok: bool, repetitive: bool = False) -> None:
+        """One first-attempt window's outcome into the run's packing health (decayed). A
+        whole decode that failed because most of its clips say the same as another (or
+        nothing: a dropped repeat) is not bad luck but speech that repeats itself (one
+        greeting, one prompt), which the next windows will repeat too: the health drops
+        below the floor at once, so they are decoded anchored without a whole decode first
+        (a window whose clips do not repeat each other lifts it again)."""
         self.pack_health = PACK_HEALTH_DECAY * self.pack_health + (1 - PACK_HEALTH_DECAY) * float(ok)
+        if repetitive:
+            self.pack_health = min(self.pack_health, PACK_HEALTH_FLOOR * PACK_HEALTH_DECAY)
 
     def _decode_windows_whole(self, waveforms: Sequence[np.ndarray], windows: list[list[int]], want: Sequence[bool],
                               keep: Optional[list] = None) -> list[Optional[tuple[bool, set[int], dict[int, ASRResult], bool]]]:
@@ -908,6 +918,15 @@ def apart_by_text(clips: Sequence[int], said: dict[int, str]) -> dict[int, set[i
         apart.setdefault(known[a], set()).add(known[b])
         apart.setdefault(known[b], set()).add(known[a])
     return apart
+
+
+def repeat_share(texts: Sequence[Optional[str]]) -> float:
+    """The share of a window's clips whose text is empty (a repeat dropped by a whole
+    decode) or says nearly the same as another clip's (:func:`repeats`); None: a clip whose
+    text is unknown (a doubtful anchored decode), left out."""
+    words = [normalize_text(t).split() for t in texts if t is not None]
+    said = {k for pair in repeat_pairs(words) for k in pair}
+    return sum(1 for k, w in enumerate(words) if not w or k in said) / max(len(words), 1)
 
 
 def repeat_pairs(words: Sequence[Sequence[str]], similarity: float = 0.75) -> list[tuple[int, int]]:

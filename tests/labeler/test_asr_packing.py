@@ -14,7 +14,7 @@ import pytest
 from labeler.config import AsrConfig
 from labeler.models.whisper import (SAMPLE_RATE, WhisperASR, alike_clips, anchored_doubts, apart_by_text,
                                     attribute_words, clip_tokens, compression_ratio, doubtful_clips, packing_language,
-                                    plan_windows, says_twice, token_buckets)
+                                    PACK_HEALTH_FLOOR, plan_windows, repeat_share, says_twice, token_buckets)
 
 
 def test_plan_windows_packs_every_clip_once_within_the_window():
@@ -470,3 +470,24 @@ def test_anchored_decode_takes_its_own_clip_and_doubts_run_ons():
     assert anchored_doubts(run_on, [2.0, 5.0], [False, True], spans[:2], waves[:2], gap_s=1.0) == set()
     # text for a silent clip was the next clip's speech, decoded from the silent clip's start
     assert anchored_doubts(texts[3:], [10.1], [True], spans[3:], [np.zeros_like(half)], gap_s=1.0) == {0}
+
+
+def test_a_window_of_repeats_sends_the_next_windows_straight_to_anchored_decoding(asr, repeated):
+    """A whole decode that fails because most of its clips repeat each other says the speech
+    repeats itself: the health drops below the floor at once (not after four such windows),
+    and the next batch is decoded anchored without a whole decode first, every transcript
+    right; a window whose clips repeat each other less than half passes the prediction."""
+    assert repeat_share(["Thank you for calling.", "thank you for calling", "", "Please hold."]) == 0.75
+    assert repeat_share(["Followed by the pound key.", "Enter your password, followed by the pound key.",
+                         "Goodbye.", "Agent logged in.", None, "Please hold."]) == 0.4  # None: unknown, left out
+    asr.pack_health = 1.0
+    before = dict(asr.stats)
+    first = asr.transcribe_batch(repeated[:3])  # one window, three voices of one sentence
+    assert asr.stats["failed_windows"] - before["failed_windows"] == 1 and asr.pack_health < PACK_HEALTH_FLOOR
+    middle = dict(asr.stats)
+    results = asr.transcribe_batch(repeated)
+    assert asr.stats["failed_windows"] == middle["failed_windows"]  # no whole decode tried
+    assert asr.stats["anchored_windows"] - middle["anchored_windows"] == asr.stats["packed_windows"] - middle["packed_windows"]
+    for r in first + results:
+        assert _norm(r.text) == _norm(SENTENCE), r.text
+    asr.pack_health = 1.0  # the module's other tests start from a fresh model's health
