@@ -451,7 +451,8 @@ def test_anchored_decode_takes_its_own_clip_and_doubts_run_ons():
     assert clip_tokens([ts, 1, 2, ts + 50, ts + 60, 3, ts + 90, ts + 150, 4], ts, cut_s=2.5) == ([1, 2, 3], 1.8)
     assert clip_tokens([ts + 100, 1, 2], ts, cut_s=4.0) == ([1, 2], None)  # no closing timestamp
     assert says_twice("agent logged in agent logged in".split()) and not says_twice("press one or press two".split())
-    assert token_buckets({0: 10, 1: 12, 2: 30, 3: 14}) == [[0, 1], [3], [2]]
+    assert token_buckets({0: 10, 1: 12, 2: 30, 3: 14}, spread=1.3) == [[0, 1], [3], [2]]
+    assert token_buckets({0: 10, 1: 12, 2: 30, 3: 14}) == [[0, 1, 3], [2]]  # within 2x of the group's smallest
     t = np.arange(2 * SAMPLE_RATE) / SAMPLE_RATE
     speech = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)  # 2 s of sound
     half = speech.copy()
