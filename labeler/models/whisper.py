@@ -475,7 +475,13 @@ class WhisperASR:
             return self._decode_windows_whole(waveforms, windows, want)
         out: list = [None] * len(windows)
         direct = self.pack_health < PACK_HEALTH_FLOOR
-        whole = [w for w in range(len(windows)) if not (direct and w in set(anchorable))]
+        # Decoding anchored at once, a clip the plan left alone in a window joins the doubtful
+        # clips' retry windows instead of paying an encoder pass of its own (a one-clip
+        # window if the retry cannot take it).
+        lone = [w for w, m in enumerate(windows) if direct and len(m) == 1 and not want[m[0]]]
+        for w in lone:
+            out[w] = (False, set(windows[w]), {}, True)
+        whole = [w for w in range(len(windows)) if not (direct and w in set(anchorable)) and w not in set(lone)]
         encodings: list[np.ndarray] = []
         if whole:
             for w, o in zip(whole, self._decode_windows_whole(waveforms, [windows[w] for w in whole], want,
@@ -503,7 +509,7 @@ class WhisperASR:
                 if w not in set(whole) and o is not None:  # would the whole decode have passed (or been kept)?
                     self._health(repeat_share([o[2][i].text if i in o[2] else None for i in windows[w]]) <= REPEAT_SHARE_MAX)
                 out[w] = o
-        self._retry_anchored(waveforms, [(windows[w], out[w]) for w in again if out[w] is not None])
+        self._retry_anchored(waveforms, [(windows[w], out[w]) for w in again + lone if out[w] is not None])
         return out
 
     def _retry_anchored(self, waveforms: Sequence[np.ndarray],

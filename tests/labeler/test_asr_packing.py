@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from labeler.config import AsrConfig
-from labeler.models.whisper import (SAMPLE_RATE, WhisperASR, alike_clips, anchored_doubts, apart_by_text,
+from labeler.models.whisper import (SAMPLE_RATE, ASRResult, WhisperASR, alike_clips, anchored_doubts, apart_by_text,
                                     attribute_words, clip_tokens, compression_ratio, doubtful_clips, packing_language,
                                     PACK_HEALTH_FLOOR, plan_windows, repeat_share, says_twice, token_buckets)
 
@@ -492,3 +492,45 @@ def test_a_window_of_repeats_sends_the_next_windows_straight_to_anchored_decodin
     for r in first + results:
         assert _norm(r.text) == _norm(SENTENCE), r.text
     asr.pack_health = 1.0  # the module's other tests start from a fresh model's health
+
+
+class RoutingASR(WhisperASR):
+    """Pure routing logic of anchored decoding (no model): whole decodes are recorded, an
+    anchored decode gives every clip the text "clip <i>" and doubts the clips named."""
+
+    def __init__(self, doubt):
+        self.doubt, self.whole_calls, self.anchored_calls = doubt, [], []
+        self.stats = Counter()
+        self.pack_decode, self.pack_health, self.chunk_batch_size = "anchored", 0.0, 4
+        self.pack_window_s, self.pack_gap_s = 29.0, 1.0
+
+    def _decode_windows_whole(self, waveforms, windows, want, keep=None):
+        self.whole_calls.append(windows)
+        return [(False, set(), {i: None for i in m}, True) for m in windows]
+
+    def _decode_anchored(self, waveforms, windows, encodings=None, gap_s=None, kept=None):
+        self.anchored_calls.append((windows, gap_s))
+        return [(False, {i for i in m if i in self.doubt and gap_s is None}, {i: said(i) for i in m}, True)
+                for m in windows]
+
+
+def said(i):
+    return ASRResult(f"clip {i}", "en", 1.0, -0.2, 0.0, 1, packed=True)
+
+
+def test_a_lone_clip_joins_the_retry_of_doubtful_clips_when_decoding_anchored_at_once():
+    """With the health below the floor (windows decoded anchored at once), a clip the plan
+    left alone in a window is not decoded in a window of its own: it is packed with the
+    doubtful clips of the anchored windows into their retry window, one encoder pass for
+    all; with no doubtful clip to join, it goes to a one-clip window as before."""
+    waves = [np.zeros(3 * SAMPLE_RATE, np.float32)] * 6
+    asr = RoutingASR(doubt={1})
+    out = asr._decode_windows(waves, [[0, 1, 2, 3, 4], [5]], [False] * 6)
+    assert asr.whole_calls == []  # the lone clip paid no whole decode
+    (first, _), (retry, gap) = asr.anchored_calls
+    assert first == [[0, 1, 2, 3, 4]] and sorted(retry[0]) == [1, 5] and gap == 3.0
+    assert out[1] == (False, set(), {5: said(5)}, True) and out[0][1] == set()
+    alone = RoutingASR(doubt=set())
+    out = alone._decode_windows(waves, [[0, 1, 2, 3, 4], [5]], [False] * 6)
+    assert out[1] == (False, {5}, {}, True)  # doubtful: a one-clip window next
+    assert len(alone.anchored_calls) == 1 and alone.whole_calls == []
