@@ -65,6 +65,10 @@ PACK_SPREAD_EXTRA = 1
 # A whole decode is kept when at most half its clips are doubtful; one whose clips repeat
 # each other (or got no text) more than this share marks speech that repeats itself.
 REPEAT_SHARE_MAX = 0.5
+# Copies of one recording (a prompt played again, at another gain, a little noise) keep their
+# loudness shape: 0.999-1.0 on the bench's repeated Asterisk prompts, against 0.70-0.97 for
+# one sentence in other espeak-ng voices and paces of about the same length.
+SAME_RECORDING_CORRELATION = 0.98
 
 
 @dataclass(frozen=True)
@@ -499,7 +503,9 @@ class WhisperASR:
             if w in set(whole) and out[w] is not None:
                 self._health(bool(not out[w][0] and out[w][3] and (not out[w][1] or w in kept)),
                              repetitive=w not in kept and not out[w][0] and repeat_share(
-                                 [out[w][2][i].text if i in out[w][2] else "" for i in windows[w]]) > REPEAT_SHARE_MAX)
+                                 [out[w][2][i].text if i in out[w][2] else "" for i in windows[w]],
+                                 alike_clips([waveforms[i] for i in windows[w]], correlation=SAME_RECORDING_CORRELATION)
+                             ) > REPEAT_SHARE_MAX)
                 self.stats["failed_windows"] += int(bool(out[w][0] or not out[w][3] or out[w][1]))
         if again:
             self.stats["anchored_windows"] += len(again)
@@ -544,11 +550,14 @@ class WhisperASR:
 
     def _health(self, ok: bool, repetitive: bool = False) -> None:
         """One first-attempt window's outcome into the run's packing health (decayed). A
-        whole decode that failed because most of its clips say the same as another (or
-        nothing: a dropped repeat) is not bad luck but speech that repeats itself (one
-        greeting, one prompt), which the next windows will repeat too: the health drops
-        below the floor at once, so they are decoded anchored without a whole decode first
-        (a window whose clips do not repeat each other lifts it again)."""
+        whole decode that failed because most of its clips say the same as another clip that
+        is not a copy of the same recording (another voice or pace: the planner cannot see
+        such repeats, so it cannot spread them), or nothing (a dropped repeat), is not bad luck but speech that
+        repeats itself (one greeting in many voices), which the next windows will repeat too:
+        the health drops below the floor at once, so they are decoded anchored without a whole
+        decode first (a window whose clips do not repeat each other lifts it again). Copies
+        of one recording (:data:`SAME_RECORDING_CORRELATION`) are spread over windows by
+        the planner, where whole decodes pass and keep most clips."""
         self.pack_health = PACK_HEALTH_DECAY * self.pack_health + (1 - PACK_HEALTH_DECAY) * float(ok)
         if repetitive:
             self.pack_health = min(self.pack_health, PACK_HEALTH_FLOOR * PACK_HEALTH_DECAY)
@@ -933,12 +942,15 @@ def apart_by_text(clips: Sequence[int], said: dict[int, str]) -> dict[int, set[i
     return apart
 
 
-def repeat_share(texts: Sequence[Optional[str]]) -> float:
+def repeat_share(texts: Sequence[Optional[str]], alike: Optional[dict[int, set[int]]] = None) -> float:
     """The share of a window's clips whose text is empty (a repeat dropped by a whole
     decode) or says nearly the same as another clip's (:func:`repeats`); None: a clip whose
-    text is unknown (a doubtful anchored decode), left out."""
-    words = [normalize_text(t).split() for t in texts if t is not None]
-    said = {k for pair in repeat_pairs(words) for k in pair}
+    text is unknown (a doubtful anchored decode), left out. ``alike`` (position -> positions,
+    :func:`alike_clips`): repeats between clips alike in sound are not counted (copies of one
+    recording, which the planner spreads over windows)."""
+    known = [k for k, t in enumerate(texts) if t is not None]
+    words = [normalize_text(texts[k]).split() for k in known]
+    said = {k for a, b in repeat_pairs(words) if known[b] not in (alike or {}).get(known[a], ()) for k in (a, b)}
     return sum(1 for k, w in enumerate(words) if not w or k in said) / max(len(words), 1)
 
 

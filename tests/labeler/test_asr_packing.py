@@ -474,13 +474,16 @@ def test_anchored_decode_takes_its_own_clip_and_doubts_run_ons():
 
 
 def test_a_window_of_repeats_sends_the_next_windows_straight_to_anchored_decoding(asr, repeated):
-    """A whole decode that fails because most of its clips repeat each other says the speech
-    repeats itself: the health drops below the floor at once (not after four such windows),
+    """A whole decode that fails because most of its clips repeat each other (one sentence in
+    other voices and paces, not copies of one recording) says the speech repeats itself: the
+    health drops below the floor at once (not after four such windows),
     and the next batch is decoded anchored without a whole decode first, every transcript
     right; a window whose clips repeat each other less than half passes the prediction."""
     assert repeat_share(["Thank you for calling.", "thank you for calling", "", "Please hold."]) == 0.75
     assert repeat_share(["Followed by the pound key.", "Enter your password, followed by the pound key.",
                          "Goodbye.", "Agent logged in.", None, "Please hold."]) == 0.4  # None: unknown, left out
+    # copies of one recording (alike in sound) repeating each other are the planner's to spread
+    assert repeat_share(["Agent logged in.", "Agent logged in.", "Goodbye."], alike={0: {1}, 1: {0}}) == 0.0
     asr.pack_health = 1.0
     before = dict(asr.stats)
     first = asr.transcribe_batch(repeated[:3])  # one window, three voices of one sentence
