@@ -413,7 +413,8 @@ class WhisperASR:
                     continue
                 failed, doubtful, accepted, trusted = outcome[:4]
                 partners = outcome[4] if len(outcome) > 4 else {}  # clips doubtful only as repeats
-                if first and not self._anchorable(members, want):  # how packing fares, remembered across batches
+                # How packing fares, remembered across batches (a clip alone in its window says nothing of it).
+                if first and len(members) > 1 and not self._anchorable(members, want):
                     self._health(not failed and trusted)
                 if not failed and trusted:
                     for i, res in accepted.items():

@@ -509,7 +509,7 @@ class RoutingASR(WhisperASR):
 
     def _decode_windows_whole(self, waveforms, windows, want, keep=None):
         self.whole_calls.append(windows)
-        return [(False, set(), {i: None for i in m}, True) for m in windows]
+        return [(False, set(), {i: said(i) for i in m}, True) for m in windows]
 
     def _decode_anchored(self, waveforms, windows, encodings=None, gap_s=None, kept=None):
         self.anchored_calls.append((windows, gap_s))
@@ -537,3 +537,7 @@ def test_a_lone_clip_joins_the_retry_of_doubtful_clips_when_decoding_anchored_at
     out = alone._decode_windows(waves, [[0, 1, 2, 3, 4], [5]], [False] * 6)
     assert out[1] == (False, {5}, {}, True)  # doubtful: a one-clip window next
     assert len(alone.anchored_calls) == 1 and alone.whole_calls == []
+    # a clip alone in its window passes its whole decode, which says nothing of packing
+    alone.pack_retry_splits, alone.pack_health, results, singles = 1, 0.0, [None] * 6, []
+    assert alone._transcribe_packed(waves, [[5]], results, [True] * 6, singles) == []
+    assert results[5] is not None and alone.pack_health == 0.0
