@@ -40,6 +40,12 @@ ANCHOR_END_TOLERANCE_S = 0.3
 ANCHOR_OPEN_END_MAX_S = 8.0
 # Doubtful clips of anchored windows are packed again once with this many times the gap.
 ANCHOR_RETRY_GAP = 3.0
+# Anchored clips share a ``generate`` call (one token bound) while their bounds are within
+# this factor: most decodes end at their clip's closing timestamp well before the bound, and
+# one that ran on into the next clip needs room to reach that clip's opening timestamp,
+# where it is cut; 1.3 left more clips cut off mid-run-on (doubtful, decoded again: on 42
+# clips of one sentence 46 anchored decodes and 2 retry windows against 44 and 1 at 2.0).
+ANCHOR_BUCKET_SPREAD = 2.0
 # A clip with no 25-ms frame above this RMS (-50 dBFS) is silent: text decoded for it was
 # borrowed from the next clip.
 SILENT_RMS = 10 ** (-50 / 20)
@@ -56,6 +62,13 @@ ALIKE_CORRELATION = 0.9
 # window more costs one encoder pass, a failed whole decode its decode again. (Copies of a
 # prompt outnumber the windows only in small batches, where one window is what it takes.)
 PACK_SPREAD_EXTRA = 1
+# A whole decode is kept when at most half its clips are doubtful; one whose clips repeat
+# each other (or got no text) more than this share marks speech that repeats itself.
+REPEAT_SHARE_MAX = 0.5
+# Copies of one recording (a prompt played again, at another gain, a little noise) keep their
+# loudness shape: 0.999-1.0 on the bench's repeated Asterisk prompts, against 0.70-0.97 for
+# one sentence in other espeak-ng voices and paces of about the same length.
+SAME_RECORDING_CORRELATION = 0.98
 
 
 @dataclass(frozen=True)
@@ -400,7 +413,8 @@ class WhisperASR:
                     continue
                 failed, doubtful, accepted, trusted = outcome[:4]
                 partners = outcome[4] if len(outcome) > 4 else {}  # clips doubtful only as repeats
-                if first and not self._anchorable(members, want):  # how packing fares, remembered across batches
+                # How packing fares, remembered across batches (a clip alone in its window says nothing of it).
+                if first and len(members) > 1 and not self._anchorable(members, want):
                     self._health(not failed and trusted)
                 if not failed and trusted:
                     for i, res in accepted.items():
@@ -466,7 +480,13 @@ class WhisperASR:
             return self._decode_windows_whole(waveforms, windows, want)
         out: list = [None] * len(windows)
         direct = self.pack_health < PACK_HEALTH_FLOOR
-        whole = [w for w in range(len(windows)) if not (direct and w in set(anchorable))]
+        # Decoding anchored at once, a clip the plan left alone in a window joins the doubtful
+        # clips' retry windows instead of paying an encoder pass of its own (a one-clip
+        # window if the retry cannot take it).
+        lone = [w for w, m in enumerate(windows) if direct and len(m) == 1 and not want[m[0]]]
+        for w in lone:
+            out[w] = (False, set(windows[w]), {}, True)
+        whole = [w for w in range(len(windows)) if not (direct and w in set(anchorable)) and w not in set(lone)]
         encodings: list[np.ndarray] = []
         if whole:
             for w, o in zip(whole, self._decode_windows_whole(waveforms, [windows[w] for w in whole], want,
@@ -482,19 +502,21 @@ class WhisperASR:
                 and len(out[w][1]) <= len(windows[w]) // 2}
         for w in anchorable:  # how whole-window decoding fares on this speech (a direct one predicts it)
             if w in set(whole) and out[w] is not None:
-                self._health(bool(not out[w][0] and out[w][3] and (not out[w][1] or w in kept)))
+                self._health(bool(not out[w][0] and out[w][3] and (not out[w][1] or w in kept)),
+                             repetitive=w not in kept and not out[w][0] and repeat_share(
+                                 [out[w][2][i].text if i in out[w][2] else "" for i in windows[w]],
+                                 alike_clips([waveforms[i] for i in windows[w]], correlation=SAME_RECORDING_CORRELATION)
+                             ) > REPEAT_SHARE_MAX)
                 self.stats["failed_windows"] += int(bool(out[w][0] or not out[w][3] or out[w][1]))
         if again:
             self.stats["anchored_windows"] += len(again)
             redo = self._decode_anchored(waveforms, [windows[w] for w in again], [encoded.get(w) for w in again],
                                          kept=[kept.get(w) for w in again])
             for w, o in zip(again, redo):
-                if w not in set(whole) and o is not None:  # would the whole decode have passed? repeats say no
-                    texts = [o[2][i].text if i in o[2] else "" for i in windows[w]]
-                    self._health(not any(repeats(normalize_text(a).split(), normalize_text(b).split())
-                                         for k, a in enumerate(texts) for b in texts[k + 1:]))
+                if w not in set(whole) and o is not None:  # would the whole decode have passed (or been kept)?
+                    self._health(repeat_share([o[2][i].text if i in o[2] else None for i in windows[w]]) <= REPEAT_SHARE_MAX)
                 out[w] = o
-        self._retry_anchored(waveforms, [(windows[w], out[w]) for w in again if out[w] is not None])
+        self._retry_anchored(waveforms, [(windows[w], out[w]) for w in again + lone if out[w] is not None])
         return out
 
     def _retry_anchored(self, waveforms: Sequence[np.ndarray],
@@ -527,9 +549,19 @@ class WhisperASR:
         """A window that anchored decoding may take: packed, and no clip of it needs words."""
         return self.pack_decode == "anchored" and len(members) > 1 and not any(want[i] for i in members)
 
-    def _health(self, ok: bool) -> None:
-        """One first-attempt window's outcome into the run's packing health (decayed)."""
+    def _health(self, ok: bool, repetitive: bool = False) -> None:
+        """One first-attempt window's outcome into the run's packing health (decayed). A
+        whole decode that failed because most of its clips say the same as another clip that
+        is not a copy of the same recording (another voice or pace: the planner cannot see
+        such repeats, so it cannot spread them), or nothing (a dropped repeat), is not bad luck but speech that
+        repeats itself (one greeting in many voices), which the next windows will repeat too:
+        the health drops below the floor at once, so they are decoded anchored without a whole
+        decode first (a window whose clips do not repeat each other lifts it again). Copies
+        of one recording (:data:`SAME_RECORDING_CORRELATION`) are spread over windows by
+        the planner, where whole decodes pass and keep most clips."""
         self.pack_health = PACK_HEALTH_DECAY * self.pack_health + (1 - PACK_HEALTH_DECAY) * float(ok)
+        if repetitive:
+            self.pack_health = min(self.pack_health, PACK_HEALTH_FLOOR * PACK_HEALTH_DECAY)
 
     def _decode_windows_whole(self, waveforms: Sequence[np.ndarray], windows: list[list[int]], want: Sequence[bool],
                               keep: Optional[list] = None) -> list[Optional[tuple[bool, set[int], dict[int, ASRResult], bool]]]:
@@ -765,13 +797,14 @@ def host_rows(encoded: Any) -> list[np.ndarray]:
 
 
 def anchor_budget(duration_s: float) -> int:
-    """Tokens an anchored decode may generate for a clip of ``duration_s``: a decode does not
-    stop at its clip's end (it runs on into the next clips until this bound), so the bound is
-    most of its cost; speech takes 3-5 tokens a second, timestamps two per sentence."""
+    """Tokens an anchored decode may generate for a clip of ``duration_s``: most decodes end
+    after their clip's closing timestamp (on the one-sentence bench set, 14 tokens on average
+    against a bound of about 28), and one that runs on into the next clips stops here; speech
+    takes 3-5 tokens a second, timestamps two per sentence."""
     return int(math.ceil(duration_s * ANCHOR_TOKENS_PER_S)) + 8
 
 
-def token_buckets(budgets: dict[int, int], spread: float = 1.3) -> list[list[int]]:
+def token_buckets(budgets: dict[int, int], spread: float = ANCHOR_BUCKET_SPREAD) -> list[list[int]]:
     """Clips grouped for one ``generate`` call each (one ``max_length`` per call): sorted by
     budget, a new group when the budget exceeds ``spread`` times the group's smallest, so a
     short clip is not decoded to a long clip's bound."""
@@ -908,6 +941,18 @@ def apart_by_text(clips: Sequence[int], said: dict[int, str]) -> dict[int, set[i
         apart.setdefault(known[a], set()).add(known[b])
         apart.setdefault(known[b], set()).add(known[a])
     return apart
+
+
+def repeat_share(texts: Sequence[Optional[str]], alike: Optional[dict[int, set[int]]] = None) -> float:
+    """The share of a window's clips whose text is empty (a repeat dropped by a whole
+    decode) or says nearly the same as another clip's (:func:`repeats`); None: a clip whose
+    text is unknown (a doubtful anchored decode), left out. ``alike`` (position -> positions,
+    :func:`alike_clips`): repeats between clips alike in sound are not counted (copies of one
+    recording, which the planner spreads over windows)."""
+    known = [k for k, t in enumerate(texts) if t is not None]
+    words = [normalize_text(texts[k]).split() for k in known]
+    said = {k for a, b in repeat_pairs(words) if known[b] not in (alike or {}).get(known[a], ()) for k in (a, b)}
+    return sum(1 for k, w in enumerate(words) if not w or k in said) / max(len(words), 1)
 
 
 def repeat_pairs(words: Sequence[Sequence[str]], similarity: float = 0.75) -> list[tuple[int, int]]:

@@ -12,9 +12,9 @@ import pyarrow as pa
 import pytest
 
 from labeler.config import AsrConfig
-from labeler.models.whisper import (SAMPLE_RATE, WhisperASR, alike_clips, anchored_doubts, apart_by_text,
+from labeler.models.whisper import (SAMPLE_RATE, ASRResult, WhisperASR, alike_clips, anchored_doubts, apart_by_text,
                                     attribute_words, clip_tokens, compression_ratio, doubtful_clips, packing_language,
-                                    plan_windows, says_twice, token_buckets)
+                                    PACK_HEALTH_FLOOR, plan_windows, repeat_share, says_twice, token_buckets)
 
 
 def test_plan_windows_packs_every_clip_once_within_the_window():
@@ -451,7 +451,8 @@ def test_anchored_decode_takes_its_own_clip_and_doubts_run_ons():
     assert clip_tokens([ts, 1, 2, ts + 50, ts + 60, 3, ts + 90, ts + 150, 4], ts, cut_s=2.5) == ([1, 2, 3], 1.8)
     assert clip_tokens([ts + 100, 1, 2], ts, cut_s=4.0) == ([1, 2], None)  # no closing timestamp
     assert says_twice("agent logged in agent logged in".split()) and not says_twice("press one or press two".split())
-    assert token_buckets({0: 10, 1: 12, 2: 30, 3: 14}) == [[0, 1], [3], [2]]
+    assert token_buckets({0: 10, 1: 12, 2: 30, 3: 14}, spread=1.3) == [[0, 1], [3], [2]]
+    assert token_buckets({0: 10, 1: 12, 2: 30, 3: 14}) == [[0, 1, 3], [2]]  # within 2x of the group's smallest
     t = np.arange(2 * SAMPLE_RATE) / SAMPLE_RATE
     speech = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)  # 2 s of sound
     half = speech.copy()
@@ -470,3 +471,73 @@ def test_anchored_decode_takes_its_own_clip_and_doubts_run_ons():
     assert anchored_doubts(run_on, [2.0, 5.0], [False, True], spans[:2], waves[:2], gap_s=1.0) == set()
     # text for a silent clip was the next clip's speech, decoded from the silent clip's start
     assert anchored_doubts(texts[3:], [10.1], [True], spans[3:], [np.zeros_like(half)], gap_s=1.0) == {0}
+
+
+def test_a_window_of_repeats_sends_the_next_windows_straight_to_anchored_decoding(asr, repeated):
+    """A whole decode that fails because most of its clips repeat each other (one sentence in
+    other voices and paces, not copies of one recording) says the speech repeats itself: the
+    health drops below the floor at once (not after four such windows),
+    and the next batch is decoded anchored without a whole decode first, every transcript
+    right; a window whose clips repeat each other less than half passes the prediction."""
+    assert repeat_share(["Thank you for calling.", "thank you for calling", "", "Please hold."]) == 0.75
+    assert repeat_share(["Followed by the pound key.", "Enter your password, followed by the pound key.",
+                         "Goodbye.", "Agent logged in.", None, "Please hold."]) == 0.4  # None: unknown, left out
+    # copies of one recording (alike in sound) repeating each other are the planner's to spread
+    assert repeat_share(["Agent logged in.", "Agent logged in.", "Goodbye."], alike={0: {1}, 1: {0}}) == 0.0
+    asr.pack_health = 1.0
+    before = dict(asr.stats)
+    first = asr.transcribe_batch(repeated[:3])  # one window, three voices of one sentence
+    assert asr.stats["failed_windows"] - before["failed_windows"] == 1 and asr.pack_health < PACK_HEALTH_FLOOR
+    middle = dict(asr.stats)
+    results = asr.transcribe_batch(repeated)
+    assert asr.stats["failed_windows"] == middle["failed_windows"]  # no whole decode tried
+    assert asr.stats["anchored_windows"] - middle["anchored_windows"] == asr.stats["packed_windows"] - middle["packed_windows"]
+    for r in first + results:
+        assert _norm(r.text) == _norm(SENTENCE), r.text
+    asr.pack_health = 1.0  # the module's other tests start from a fresh model's health
+
+
+class RoutingASR(WhisperASR):
+    """Pure routing logic of anchored decoding (no model): whole decodes are recorded, an
+    anchored decode gives every clip the text "clip <i>" and doubts the clips named."""
+
+    def __init__(self, doubt):
+        self.doubt, self.whole_calls, self.anchored_calls = doubt, [], []
+        self.stats = Counter()
+        self.pack_decode, self.pack_health, self.chunk_batch_size = "anchored", 0.0, 4
+        self.pack_window_s, self.pack_gap_s = 29.0, 1.0
+
+    def _decode_windows_whole(self, waveforms, windows, want, keep=None):
+        self.whole_calls.append(windows)
+        return [(False, set(), {i: said(i) for i in m}, True) for m in windows]
+
+    def _decode_anchored(self, waveforms, windows, encodings=None, gap_s=None, kept=None):
+        self.anchored_calls.append((windows, gap_s))
+        return [(False, {i for i in m if i in self.doubt and gap_s is None}, {i: said(i) for i in m}, True)
+                for m in windows]
+
+
+def said(i):
+    return ASRResult(f"clip {i}", "en", 1.0, -0.2, 0.0, 1, packed=True)
+
+
+def test_a_lone_clip_joins_the_retry_of_doubtful_clips_when_decoding_anchored_at_once():
+    """With the health below the floor (windows decoded anchored at once), a clip the plan
+    left alone in a window is not decoded in a window of its own: it is packed with the
+    doubtful clips of the anchored windows into their retry window, one encoder pass for
+    all; with no doubtful clip to join, it goes to a one-clip window as before."""
+    waves = [np.zeros(3 * SAMPLE_RATE, np.float32)] * 6
+    asr = RoutingASR(doubt={1})
+    out = asr._decode_windows(waves, [[0, 1, 2, 3, 4], [5]], [False] * 6)
+    assert asr.whole_calls == []  # the lone clip paid no whole decode
+    (first, _), (retry, gap) = asr.anchored_calls
+    assert first == [[0, 1, 2, 3, 4]] and sorted(retry[0]) == [1, 5] and gap == 3.0
+    assert out[1] == (False, set(), {5: said(5)}, True) and out[0][1] == set()
+    alone = RoutingASR(doubt=set())
+    out = alone._decode_windows(waves, [[0, 1, 2, 3, 4], [5]], [False] * 6)
+    assert out[1] == (False, {5}, {}, True)  # doubtful: a one-clip window next
+    assert len(alone.anchored_calls) == 1 and alone.whole_calls == []
+    # a clip alone in its window passes its whole decode, which says nothing of packing
+    alone.pack_retry_splits, alone.pack_health, results, singles = 1, 0.0, [None] * 6, []
+    assert alone._transcribe_packed(waves, [[5]], results, [True] * 6, singles) == []
+    assert results[5] is not None and alone.pack_health == 0.0
