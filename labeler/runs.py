@@ -40,7 +40,7 @@ import pyarrow as pa
 from labeler import schema as S
 from labeler.config import LabelConfig
 from labeler.errors import CommitError, InputError, LanserError, find_lanser_error
-from labeler.io import filesystem, join, redact, write_json_atomic
+from labeler.io import filesystem, join, redact, runs_by_weight, write_json_atomic
 from labeler.lock import RunLock
 from labeler.sources import INPUT_SCHEMA, Listing
 from labeler.stages.base import Stage, StageContext
@@ -109,16 +109,15 @@ class ListedInputs:
 
 
 def known_inputs(root: str, listing: Listing, rehash: bool) -> tuple[ListedInputs, dict[str, int]]:
-    """``listing`` as :class:`ListedInputs`: for each file,
-    the sha256 an earlier run read with the same URI, size and version
-    (:func:`labeler.cache.known_sources`). A map-reduce of Ray tasks joins the listing with
-    the ``sources/`` table: map tasks each read a run of its files and split their rows by
-    the listing part whose URI range they fall in, then one task per part joins it with its
-    rows (a manifest's parts may overlap in range: then each map task's rows are one object
-    that every join task reads, keeping those of its range). Neither the table nor the listing reaches the driver; a join task holds a part and
-    the rows of its range (a listing of one part, a manifest or a glob, with the whole
-    table). Returns the inputs and the counts of new and changed
-    files."""
+    """``listing`` as :class:`ListedInputs`: for each file, the sha256 an earlier run read
+    with the same URI, size and version (:func:`labeler.cache.known_sources`). A map-reduce
+    of Ray tasks joins the listing with the ``sources/`` table: map tasks each read a run of
+    its files and split their rows by the listing part whose URI range they fall in, then
+    one task per part joins it with its rows. A manifest's parts may overlap in range: then
+    each map task's rows are one object that every join task reads, keeping those of its
+    range. Neither the table nor the listing reaches the driver; a join task holds a part
+    and the rows of its range (the whole table for a listing of one part: a CSV manifest, a
+    glob). Returns the inputs and the counts of new and changed files."""
     import ray
 
     from labeler.cache import read_sources, table_files
@@ -223,18 +222,10 @@ def cut_blocks(pieces: list[tuple[Any, int]], step: int, ids: Any = None) -> lis
     refs. Every row is in exactly one block."""
     import ray
 
-    runs: list[list[Any]] = []
-    held = CUT_TASK_ROWS
-    for ref, n in pieces:
-        if not n:
-            continue
-        if held + n > CUT_TASK_ROWS:
-            runs.append([])
-            held = 0
-        runs[-1].append(ref)
-        held += n
+    live = [(ref, n) for ref, n in pieces if n]
     cut = ray.remote(max_retries=3)(_cut)
-    return [block for gen in [cut.remote(step, ids, *run) for run in runs] for block in gen]
+    gens = [cut.remote(step, ids, *(live[i][0] for i in run)) for run in runs_by_weight([n for _, n in live], CUT_TASK_ROWS)]
+    return [block for gen in gens for block in gen]
 
 
 def _cut(step: int, ids: Optional[pa.Array], *pieces: Optional[pa.Table]) -> Iterator[pa.Table]:
@@ -348,9 +339,10 @@ def split_cached(cfg: LabelConfig, todo: ListedInputs, ctx: StageContext, step: 
     """The input blocks of a label run's two passes: (files known unchanged whose
     transcripts, under this run's settings, are in the transcript cache, in blocks of
     :data:`CACHED_ROWS_PER_BLOCK` ordered by the cache shard they are in, so a block mostly
-    needs one shard (one cut task may join the ends of neighbouring shards); every other row, in blocks of ``step``). A Ray task per listing part splits
-    its rows by the shard of their known sha256, then a task per shard looks its rows up
-    beside the shard: the driver holds refs and counts, never a sha256."""
+    needs one shard (one cut task may join the ends of neighbouring shards); every other
+    row, in blocks of ``step``). A Ray task per listing part splits its rows by the shard
+    of their known sha256, then a task per shard looks its rows up beside the shard: the
+    driver holds refs and counts, never a sha256."""
     import ray
 
     shards = ctx.transcript_cache
@@ -541,16 +533,8 @@ def finish_cache_build(started: tuple[list[Any], list[Any]]) -> tuple[Any, int]:
 def file_groups(files: list[tuple[str, int]], k: int) -> list[list[str]]:
     """``files`` (path, bytes) in runs of about ``1/k`` of their bytes each, in order: the
     map tasks of a sharded build (at most one per file)."""
-    target = sum(size for _, size in files) / k
-    groups: list[list[str]] = [[]]
-    held = 0.0
-    for path, size in files:
-        if groups[-1] and held + size > target:
-            groups.append([])
-            held = 0.0
-        groups[-1].append(path)
-        held += size
-    return groups
+    runs = runs_by_weight([size for _, size in files], sum(size for _, size in files) / k)
+    return [[files[i][0] for i in run] for run in runs]
 
 
 def _split_files(src: Any, files: list[str], k: int) -> list[Any]:

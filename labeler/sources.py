@@ -41,7 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from labeler.errors import InputError
-from labeler.io import filesystem, is_local, local_path, redact
+from labeler.io import filesystem, is_local, local_path, redact, runs_by_weight
 
 AUDIO_EXTENSIONS = (
     ".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".wma", ".webm",
@@ -120,10 +120,6 @@ class Listing:
         return sum(self.rows)
 
     @property
-    def column_names(self) -> list[str]:
-        return INPUT_SCHEMA.names
-
-    @property
     def offsets(self) -> list[int]:
         """The listing row number of each part's first row, while the parts are not yet
         numbered (a numbered part keeps its numbers: :func:`number`)."""
@@ -178,7 +174,7 @@ def list_input(spec: str, start_ray: Optional[Callable[[], None]] = None) -> Lis
         if not listing.num_rows:
             raise InputError(f"no audio files ({', '.join(AUDIO_EXTENSIONS[:6])}, ...) found under {redact(spec)}")
         return listing if unique else _marked(listing)
-    return Listing([listed], [listed.num_rows], [(None, None)])
+    return _one_part(listed)
 
 
 def _marked(listing: Listing) -> Listing:
@@ -273,7 +269,7 @@ def _list_runs(root: str, base: str, files: list[tuple[str, str | None, tuple]],
     top_unique = len(set(top_ids)) == len(top_ids)
     if len(folders) < 2 or start_ray is None:
         part, info = _list_run(root, base, list_folder, entries)
-        return Listing([part], [info["rows"]], [(None, None)]), top_unique and info["unique"]
+        return _one_part(part), top_unique and info["unique"]
     start_ray()
     import ray
 
@@ -565,14 +561,7 @@ def _parquet_manifest(spec: str, start_ray: Callable[[], None]) -> Optional[List
     import ray
 
     sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
-    tasks = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
-    target, runs, held = sum(sizes) / tasks, [[]], 0
-    for g, n in enumerate(sizes):
-        if runs[-1] and held + n > target:
-            runs.append([])
-            held = 0
-        runs[-1].append(g)
-        held += n
+    runs = runs_by_weight(sizes, sum(sizes) / max(2, 2 * int(ray.cluster_resources().get("CPU", 1))))
     offsets = np.cumsum([0, *sizes])
     task = ray.remote(num_returns=3, max_retries=3)(_manifest_part)
     out = [task.remote(spec, run, int(offsets[run[0]])) for run in runs]
@@ -600,14 +589,12 @@ def _manifest_part(spec: str, groups: list[int], offset: int) -> tuple[pa.Table,
 
 
 def _key_hashes(t: pa.Table) -> np.ndarray:
-    """64-bit hashes of each row's ``utt_id`` and of its URI (kept apart by a prefix)."""
-    import hashlib
-
-    def h(x: str) -> int:
-        return int.from_bytes(hashlib.blake2b(x.encode(), digest_size=8).digest(), "little")
+    """64-bit hashes (:func:`labeler.cache.key64`) of each row's ``utt_id`` and of its URI,
+    kept apart by a first part."""
+    from labeler.cache import key64
 
     ids, uris = t.column("utt_id").to_pylist(), t.column("uri").to_pylist()
-    return np.array([h("i" + x) for x in ids] + [h("u" + x) for x in uris], np.uint64)
+    return np.array([key64("id", x) for x in ids] + [key64("uri", x) for x in uris], np.uint64)
 
 
 def _hashes_unique(*hashes: np.ndarray) -> bool:
