@@ -157,6 +157,29 @@ def plan_windows(durations: Sequence[float], window_s: float, gap_s: float,
     return best, alone
 
 
+def plan_in_order(durations: Sequence[float], window_s: float, gap_s: float) -> tuple[list[list[int]], list[int]]:
+    """Pack clips into windows in the order given: each window takes the next clips while
+    they fit (clips plus gaps within ``window_s``). For the speech regions of recordings,
+    given in time order: a window then holds consecutive speech of one recording, what
+    Whisper was trained on and what a whole-file ``transcribe`` decodes, instead of regions
+    of many recordings side by side (copies of a prompt or a greeting that opens every call,
+    which first-fit decreasing puts together). Returns (windows, clips that go alone: longer
+    than a window, or empty)."""
+    windows: list[list[int]] = []
+    alone: list[int] = []
+    used = window_s + 1.0  # no window open yet
+    for i, d in enumerate(durations):
+        if d <= 0 or d > window_s:
+            alone.append(i)
+            continue
+        if used + gap_s + d > window_s:
+            windows.append([])
+            used = -gap_s
+        windows[-1].append(i)
+        used += gap_s + d
+    return windows, alone
+
+
 def _first_fit(durations: Sequence[float], window_s: float, gap_s: float, opened: int,
                alike: dict[int, set[int]], keep_apart: dict[int, set[int]]) -> tuple[list[list[int]], list[int]]:
     """:func:`plan_windows` with ``opened`` empty windows to start from."""
@@ -349,16 +372,26 @@ class WhisperASR:
         return result
 
     # -- many clips -----------------------------------------------------------------
-    def transcribe_batch(self, waveforms: Sequence[np.ndarray],
-                         words: Optional[Sequence[bool]] = None) -> list[Union[ASRResult, Exception]]:
+    def transcribe_batch(self, waveforms: Sequence[np.ndarray], words: Optional[Sequence[bool]] = None,
+                         in_order: Optional[Sequence[bool]] = None) -> list[Union[ASRResult, Exception]]:
         """One result per clip, in order; a clip that fails yields its exception, not a raise.
-        ``words[i]`` asks for clip ``i``'s word timestamps (speech regions of long recordings)."""
+        ``words[i]`` asks for clip ``i``'s word timestamps (speech regions of long recordings).
+        ``in_order[i]``: clip ``i`` is a piece of a recording, given after the piece before
+        it; such clips are packed in the order given (:func:`plan_in_order`), the others by
+        length (:func:`plan_windows`)."""
         want = list(words) if words is not None else [False] * len(waveforms)
         results: list[Union[ASRResult, Exception, None]] = [None] * len(waveforms)
         alone = list(range(len(waveforms)))
         if self.pack_clips and len(waveforms) > 1:
             durations = [len(w) / SAMPLE_RATE for w in waveforms]
-            windows, alone = plan_windows(durations, self.pack_window_s, self.pack_gap_s, alike_clips(waveforms))
+            ordered = [i for i in range(len(waveforms)) if in_order is not None and in_order[i]]
+            rest = [i for i in range(len(waveforms)) if in_order is None or not in_order[i]]
+            windows, alone = plan_in_order([durations[i] for i in ordered], self.pack_window_s, self.pack_gap_s)
+            windows, alone = [[ordered[k] for k in w] for w in windows], [ordered[k] for k in alone]
+            more, lone = plan_windows([durations[i] for i in rest], self.pack_window_s, self.pack_gap_s,
+                                      alike_clips([waveforms[i] for i in rest]))
+            windows += [[rest[k] for k in w] for w in more]
+            alone += [rest[k] for k in lone]
             singles: list[int] = []
             for g in range(0, len(windows), self.chunk_batch_size):
                 group = windows[g:g + self.chunk_batch_size]
@@ -479,14 +512,16 @@ class WhisperASR:
         if not anchorable:
             return self._decode_windows_whole(waveforms, windows, want)
         out: list = [None] * len(windows)
-        direct = self.pack_health < PACK_HEALTH_FLOOR
+        # Windows of speech regions (words wanted) are decoded whole first whatever the
+        # health: their whole decode gives the words (cross-attention alignment) in one pass.
+        direct = {w for w in anchorable if self.pack_health < PACK_HEALTH_FLOOR and not any(want[i] for i in windows[w])}
         # Decoding anchored at once, a clip the plan left alone in a window joins the doubtful
         # clips' retry windows instead of paying an encoder pass of its own (a one-clip
         # window if the retry cannot take it).
         lone = [w for w, m in enumerate(windows) if direct and len(m) == 1 and not want[m[0]]]
         for w in lone:
             out[w] = (False, set(windows[w]), {}, True)
-        whole = [w for w in range(len(windows)) if not (direct and w in set(anchorable)) and w not in set(lone)]
+        whole = [w for w in range(len(windows)) if w not in direct and w not in set(lone)]
         encodings: list[np.ndarray] = []
         if whole:
             for w, o in zip(whole, self._decode_windows_whole(waveforms, [windows[w] for w in whole], want,
@@ -511,16 +546,17 @@ class WhisperASR:
         if again:
             self.stats["anchored_windows"] += len(again)
             redo = self._decode_anchored(waveforms, [windows[w] for w in again], [encoded.get(w) for w in again],
-                                         kept=[kept.get(w) for w in again])
+                                         kept=[kept.get(w) for w in again], want=want)
             for w, o in zip(again, redo):
                 if w not in set(whole) and o is not None:  # would the whole decode have passed (or been kept)?
                     self._health(repeat_share([o[2][i].text if i in o[2] else None for i in windows[w]]) <= REPEAT_SHARE_MAX)
                 out[w] = o
-        self._retry_anchored(waveforms, [(windows[w], out[w]) for w in again + lone if out[w] is not None])
+        self._retry_anchored(waveforms, [(windows[w], out[w]) for w in again + lone if out[w] is not None], want)
         return out
 
     def _retry_anchored(self, waveforms: Sequence[np.ndarray],
-                        decoded: list[tuple[list[int], tuple[bool, set[int], dict[int, ASRResult], bool]]]) -> None:
+                        decoded: list[tuple[list[int], tuple[bool, set[int], dict[int, ASRResult], bool]]],
+                        want: Sequence[bool]) -> None:
         """The doubtful clips of anchored windows, packed again with ``ANCHOR_RETRY_GAP``
         times the gap and decoded anchored once more: most doubts are a decode that ran on
         over a 1-s gap into the next clip (a repeat), which a wider gap stops, and a shared
@@ -537,7 +573,7 @@ class WhisperASR:
         self.stats["retry_windows"] += len(windows)
         self.stats["retried_clips"] += sum(len(w) for w in windows)
         settled: dict[int, ASRResult] = {}
-        for o in self._decode_anchored(waveforms, windows, gap_s=gap_s):
+        for o in self._decode_anchored(waveforms, windows, gap_s=gap_s, want=want):
             if o is not None:
                 settled.update({i: r for i, r in o[2].items() if i not in o[1]})
         for _, (_, doubts, results, _) in decoded:
@@ -546,8 +582,9 @@ class WhisperASR:
                 results[i] = settled[i]
 
     def _anchorable(self, members: list[int], want: Sequence[bool]) -> bool:
-        """A window that anchored decoding may take: packed, and no clip of it needs words."""
-        return self.pack_decode == "anchored" and len(members) > 1 and not any(want[i] for i in members)
+        """A window that anchored decoding may take: packed (a clip that needs words gets
+        them by aligning its anchored text, :meth:`_anchored_words`)."""
+        return self.pack_decode == "anchored" and len(members) > 1
 
     def _health(self, ok: bool, repetitive: bool = False) -> None:
         """One first-attempt window's outcome into the run's packing health (decayed). A
@@ -624,7 +661,8 @@ class WhisperASR:
 
     def _decode_anchored(self, waveforms: Sequence[np.ndarray], windows: list[list[int]],
                          encodings: Optional[Sequence[Optional[np.ndarray]]] = None, gap_s: Optional[float] = None,
-                         kept: Optional[Sequence[Optional[dict[int, ASRResult]]]] = None
+                         kept: Optional[Sequence[Optional[dict[int, ASRResult]]]] = None,
+                         want: Optional[Sequence[bool]] = None
                          ) -> list[Optional[tuple[bool, set[int], dict[int, ASRResult], bool]]]:
         """Packed windows encoded once, each clip decoded from its own start timestamp.
 
@@ -640,7 +678,8 @@ class WhisperASR:
         ``encodings[w]``: window ``w``'s encoder output when a whole decode already made it;
         ``gap_s``: the silence between clips (``pack_gap_s`` unless given); ``kept[w]``: window
         ``w``'s clips already settled by its whole decode (not decoded again; their text stands
-        beside the others' in the checks).
+        beside the others' in the checks); ``want[i]``: clip ``i`` needs word timestamps, which
+        its text aligned on the window's encoder output gives (:meth:`_anchored_words`).
         """
         from faster_whisper.audio import pad_or_trim
         from faster_whisper.tokenizer import Tokenizer
@@ -687,11 +726,13 @@ class WhisperASR:
                     raise device_error("of packed windows", exc) from exc
                 out += [None] * len(group)
                 continue
+            ids_of: dict[int, list[int]] = {}
             decoded: dict[int, tuple[str, Optional[float], float, float, bool]] = {
                 i: (r.text, spans[i][1], r.avg_logprob or 0.0, r.no_speech_prob or 0.0, False) for i, r in settled.items()}
             for i, res in results.items():
                 ids = res.sequences_ids[0]  # the forced start timestamp, then what was generated
                 text_ids, end = clip_tokens(ids, ts0, spans[i][1] + gap_s / 2)
+                ids_of[i] = text_ids
                 open_end = end is None
                 if open_end and len(ids) - 1 < budget[i] - 1 and spans[i][1] - spans[i][0] <= ANCHOR_OPEN_END_MAX_S:
                     end = spans[i][1]  # a short clip's text ended before the bound without a closing timestamp
@@ -707,6 +748,64 @@ class WhisperASR:
                                                             decoded[i][3], 1, packed=True)
                              for k, i in enumerate(members) if k not in doubts}
                 out.append((False, {members[k] for k in doubts}, results_w, True))
+            # Clips that need words: their text aligned on the encoder output around them.
+            base = len(out) - len(group)
+            align = [i for i in clips if want is not None and want[i] and i in out[base + row_of[i]][2]]
+            if align:
+                try:
+                    words = self._anchored_words(
+                        tokenizer, encoded, [(i, row_of[i], ids_of[i], spans[i], decoded[i][3]) for i in align], gap_s)
+                except Exception as exc:
+                    if is_device_failure(exc):
+                        raise device_error("of packed windows", exc) from exc
+                    words = {}
+                for i in align:
+                    _, doubts_w, results_w, _ = out[base + row_of[i]]
+                    if words.get(i):
+                        results_w[i] = replace(results_w[i], words=words[i])
+                    else:  # no words for text: not to be trusted (a one-clip window next)
+                        del results_w[i]
+                        doubts_w.add(i)
+        return out
+
+    def _anchored_words(self, tokenizer: Any, encoded: np.ndarray,
+                        clips: list[tuple[int, int, list[int], tuple[float, float], float]],
+                        gap_s: float) -> dict[int, tuple[Word, ...]]:
+        """Word timestamps of anchored decodes (clip, window row, text tokens, span in the
+        window, no-speech probability): each text is aligned (CTranslate2's ``align``, faster-whisper's cross-attention
+        alignment) on its window's encoder output cropped to the clip, from a little before its
+        start to the middle of the gap after it, so no neighbour's speech draws its words.
+        Times are in the clip, clamped inside it, with faster-whisper's punctuation merge."""
+        from faster_whisper.transcribe import get_ctranslate2_storage, merge_punctuations
+
+        per_s = self.model.tokens_per_second  # encoder positions per second (50)
+        crops = [(max(0, int((s - ANCHOR_END_TOLERANCE_S) * per_s)),
+                  min(encoded.shape[1], int(math.ceil((e + gap_s / 2) * per_s)))) for _, _, _, (s, e), _ in clips]
+        width = max(b - a for a, b in crops)
+        features = np.zeros((len(clips), width, encoded.shape[2]), dtype=encoded.dtype)
+        for k, ((_, row, _, _, _), (a, b)) in enumerate(zip(clips, crops)):
+            features[k, :b - a] = encoded[row, a:b]
+        got = self.model.model.align(get_ctranslate2_storage(features), tokenizer.sot_sequence,
+                                     [ids for _, _, ids, _, _ in clips], [2 * (b - a) for a, b in crops])
+        out: dict[int, tuple[Word, ...]] = {}
+        for (i, _, ids, (s, e), no_speech), (a, _), res in zip(clips, crops, got):
+            words, word_tokens = tokenizer.split_to_word_tokens(list(ids) + [tokenizer.eot])
+            if len(word_tokens) <= 1:
+                continue
+            text_at = np.array([p[0] for p in res.alignments])
+            time_at = np.array([p[1] for p in res.alignments])
+            jumps = np.pad(np.diff(text_at), (1, 0), constant_values=1).astype(bool)
+            times = time_at[jumps] / per_s + a / per_s
+            bounds = np.pad(np.cumsum([len(t) for t in word_tokens[:-1]]), (1, 0))
+            if len(times) <= bounds[-1]:
+                continue
+            probs = res.text_token_probs
+            aligned = [dict(word=w, tokens=t, start=float(times[bounds[k]]), end=float(times[bounds[k + 1]]),
+                            probability=float(np.mean(probs[bounds[k]:bounds[k + 1]])))
+                       for k, (w, t) in enumerate(zip(words[:-1], word_tokens[:-1]))]
+            merge_punctuations(aligned, "\"'“¿([{-", "\"'.。,，!！?？:：”)]}、")
+            out[i] = tuple(Word(min(max(w["start"] - s, 0.0), e - s), min(max(w["end"] - s, 0.0), e - s), w["word"],
+                                w["probability"], no_speech) for w in aligned if w["word"])
         return out
 
     def _window_outcome(self, members: list[int], segs: list, spans: dict[int, tuple[float, float]],

@@ -14,7 +14,7 @@ import pytest
 from labeler.config import AsrConfig
 from labeler.models.whisper import (SAMPLE_RATE, ASRResult, WhisperASR, alike_clips, anchored_doubts, apart_by_text,
                                     attribute_words, clip_tokens, compression_ratio, doubtful_clips, packing_language,
-                                    PACK_HEALTH_FLOOR, plan_windows, repeat_share, says_twice, token_buckets)
+                                    PACK_HEALTH_FLOOR, plan_in_order, plan_windows, repeat_share, says_twice, token_buckets)
 
 
 def test_plan_windows_packs_every_clip_once_within_the_window():
@@ -59,6 +59,64 @@ def test_plan_windows_spreads_likely_repeats_and_keeps_texts_that_repeated_apart
     assert apart == {0: {1}, 1: {0}}
     windows, _ = plan_windows([2.0, 2.0, 2.0, 2.0], window_s=29.0, gap_s=1.0, keep_apart=apart)
     assert len(windows) == 2 and not any({0, 1} <= set(w) for w in windows)
+
+
+def test_plan_in_order_fills_windows_with_consecutive_clips():
+    rng = np.random.default_rng(2)
+    durations = list(rng.uniform(0.5, 12.0, 100)) + [0.0, 45.0] + list(rng.uniform(0.5, 12.0, 20))
+    windows, alone = plan_in_order(durations, window_s=29.0, gap_s=1.0)
+    packed = [i for w in windows for i in w]
+    assert packed == sorted(packed) and sorted(packed + alone) == list(range(len(durations)))  # in order, once
+    assert alone == [100, 101]
+    for w, nxt in zip(windows, windows[1:] + [None]):
+        assert w == [i for i in range(w[0], w[-1] + 1) if i not in alone]  # consecutive, but for the clips alone
+        fill = sum(durations[i] for i in w) + 1.0 * (len(w) - 1)
+        assert fill <= 29.0 + 1e-9
+        if nxt:  # a window closes only when the next clip does not fit
+            assert fill + 1.0 + durations[nxt[0]] > 29.0
+
+
+class PlanningASR(WhisperASR):
+    """Pure planning logic (no model): the windows handed to decoding are recorded."""
+
+    def __init__(self):
+        self.stats, self.windows = Counter(), []
+        self.pack_clips, self.pack_decode, self.pack_health, self.chunk_batch_size = True, "window", 1.0, 64
+        self.pack_window_s, self.pack_gap_s = 29.0, 1.0
+
+    def _transcribe_packed(self, waveforms, windows, results, want, singles):
+        self.windows += windows
+        for m in windows:
+            for i in m:
+                results[i] = said(i)
+        return []
+
+    def _transcribe_singles(self, waveforms, clips, results, want):
+        return []
+
+
+def test_regions_of_a_recording_are_packed_in_time_order_apart_from_short_clips():
+    """The speech regions of recordings (``in_order``) fill windows in the order given, so a
+    window holds consecutive speech of one recording; short clips are packed among
+    themselves by length, with repeats spread, as before."""
+    rng = np.random.default_rng(3)
+    regions = [np.zeros(int(d * SAMPLE_RATE), np.float32) for d in rng.uniform(2.5, 8.0, 30)]
+    clips = [np.zeros(int(d * SAMPLE_RATE), np.float32) for d in rng.uniform(1.0, 6.0, 12)]
+    waves = clips[:6] + regions + clips[6:]
+    in_order = [False] * 6 + [True] * len(regions) + [False] * 6
+    asr = PlanningASR()
+    results = asr.transcribe_batch(waves, words=in_order, in_order=in_order)
+    assert [r.text for r in results] == [f"clip {i}" for i in range(len(waves))]
+    mine = [w for w in asr.windows if in_order[w[0]]]
+    assert all(all(in_order[i] for i in w) for w in mine)  # no window mixes regions and clips
+    assert [i for w in mine for i in w] == list(range(6, 36))  # in time order, consecutive
+    assert mine == [[6 + k for k in w] for w in plan_in_order([len(r) / SAMPLE_RATE for r in regions], 29.0, 1.0)[0]]
+    others = [w for w in asr.windows if not in_order[w[0]]]
+    assert sorted(i for w in others for i in w) == list(range(6)) + list(range(36, 42))
+    # without in_order every clip is planned by length, regions among them
+    asr = PlanningASR()
+    asr.transcribe_batch(waves, words=in_order)
+    assert any(not all(in_order[i] for i in w) and any(in_order[i] for i in w) for w in asr.windows)
 
 
 def test_attribute_words_by_midpoint_and_doubtful_spills():
@@ -497,6 +555,27 @@ def test_a_window_of_repeats_sends_the_next_windows_straight_to_anchored_decodin
     asr.pack_health = 1.0  # the module's other tests start from a fresh model's health
 
 
+def test_speech_regions_of_a_failing_window_get_their_words_from_anchored_decodes(asr, repeated):
+    """Speech regions (word timestamps wanted) are decoded whole first; a window whose whole
+    decode fails on repeats is decoded again anchored from the same encoding, and each
+    region's words come from aligning its own text on the encoder frames around it: every
+    region gets the sentence, its words spell its text, in order, inside the region."""
+    asr.pack_health = 1.0
+    before = dict(asr.stats)
+    waves = repeated + repeated[:4]  # one recording repeating one sentence, in time order
+    results = asr.transcribe_batch(waves, words=[True] * len(waves), in_order=[True] * len(waves))
+    assert asr.stats["anchored_clips"] > before["anchored_clips"]  # the fallback taken: no one-clip window each
+    assert asr.stats["single_clips"] + asr.stats["alone_clips"] - before["single_clips"] - before["alone_clips"] < 3
+    for wave, r in zip(waves, results):
+        assert _norm(r.text) == _norm(SENTENCE), r.text
+        assert r.words and _norm(" ".join(w.text for w in r.words)) == _norm(r.text)
+        duration = len(wave) / SAMPLE_RATE
+        starts = [w.start for w in r.words]
+        assert starts == sorted(starts) and all(0.0 <= w.start <= w.end <= duration for w in r.words)
+        assert r.words[0].start < 0.8 and r.words[-1].end > duration - 1.0  # the sentence spans the region
+    asr.pack_health = 1.0  # the module's other tests start from a fresh model's health
+
+
 class RoutingASR(WhisperASR):
     """Pure routing logic of anchored decoding (no model): whole decodes are recorded, an
     anchored decode gives every clip the text "clip <i>" and doubts the clips named."""
@@ -511,7 +590,7 @@ class RoutingASR(WhisperASR):
         self.whole_calls.append(windows)
         return [(False, set(), {i: said(i) for i in m}, True) for m in windows]
 
-    def _decode_anchored(self, waveforms, windows, encodings=None, gap_s=None, kept=None):
+    def _decode_anchored(self, waveforms, windows, encodings=None, gap_s=None, kept=None, want=None):
         self.anchored_calls.append((windows, gap_s))
         return [(False, {i for i in m if i in self.doubt and gap_s is None}, {i: said(i) for i in m}, True)
                 for m in windows]
