@@ -281,7 +281,8 @@ class WhisperASR:
       a clip its transcript, and a run whose windows keep failing stops trying most of them.
       With ``pack_decode: anchored`` (the default) a failing window is instead decoded again
       from its encoder output with each clip anchored at its own start timestamp
-      (:meth:`_decode_anchored`): repeated speech stays packed.
+      (:meth:`_decode_anchored`): repeated speech stays packed. The speech regions of a
+      recording (``in_order``) are packed in time order, in windows of their own.
     - **One-clip windows**: each clip in its own window, batched like packed ones (the
       input ``transcribe`` gives it, decoded ``chunk_batch_size`` at a time), for the clips
       a packed window could not settle.
@@ -503,11 +504,12 @@ class WhisperASR:
                         ) -> list[Optional[tuple[bool, set[int], dict[int, ASRResult], bool]]]:
         """Decode windows in one batched call: per window, (failed the window gate, its doubtful
         clips, the results of its clips, whether its other clips can be trusted), or None for
-        every window when the call failed. With ``pack_decode: anchored``, packed windows whose
-        clips need no word timestamps are decoded as wholes while packing fares well, and a
-        window whose whole decode failed any check is decoded again anchored from the same
-        encoding (:meth:`_decode_anchored`, no second encoder pass); once windows keep failing
-        (the health score), they are decoded anchored at once."""
+        every window when the call failed. With ``pack_decode: anchored``, packed windows are
+        decoded as wholes while packing fares well, and a window whose whole decode failed any
+        check is decoded again anchored from the same encoding (:meth:`_decode_anchored`, no
+        second encoder pass; clips that need word timestamps get them by alignment); once
+        windows keep failing (the health score), windows of clips that need no words are
+        decoded anchored at once."""
         anchorable = [w for w, m in enumerate(windows) if self._anchorable(m, want)]
         if not anchorable:
             return self._decode_windows_whole(waveforms, windows, want)
