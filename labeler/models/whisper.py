@@ -38,6 +38,9 @@ ANCHOR_END_TOLERANCE_S = 0.3
 # Whisper often ends a short clip's text without its closing timestamp; a longer clip ending
 # so may have been cut short (its end unknown, the check for speech left uncovered cannot run).
 ANCHOR_OPEN_END_MAX_S = 8.0
+# A speech region decoded anchored gets its words by aligning its text on the encoder frames
+# from this long before its start (the alignment's first word starts where the frames do).
+ANCHOR_WORDS_LEAD_S = 0.3
 # Doubtful clips of anchored windows are packed again once with this many times the gap.
 ANCHOR_RETRY_GAP = 3.0
 # Anchored clips share a ``generate`` call (one token bound) while their bounds are within
@@ -774,14 +777,15 @@ class WhisperASR:
                         clips: list[tuple[int, int, list[int], tuple[float, float], float]],
                         gap_s: float) -> dict[int, tuple[Word, ...]]:
         """Word timestamps of anchored decodes (clip, window row, text tokens, span in the
-        window, no-speech probability): each text is aligned (CTranslate2's ``align``, faster-whisper's cross-attention
-        alignment) on its window's encoder output cropped to the clip, from a little before its
-        start to the middle of the gap after it, so no neighbour's speech draws its words.
-        Times are in the clip, clamped inside it, with faster-whisper's punctuation merge."""
+        window, no-speech probability): each text is aligned (CTranslate2's ``align``,
+        faster-whisper's cross-attention alignment) on its window's encoder output cropped to
+        the clip, from ``ANCHOR_WORDS_LEAD_S`` before its start to the middle of the gap after
+        it, so no neighbour's speech draws its words. Times are in the clip, clamped inside
+        it, with faster-whisper's punctuation merge."""
         from faster_whisper.transcribe import get_ctranslate2_storage, merge_punctuations
 
         per_s = self.model.tokens_per_second  # encoder positions per second (50)
-        crops = [(max(0, int((s - ANCHOR_END_TOLERANCE_S) * per_s)),
+        crops = [(max(0, int((s - ANCHOR_WORDS_LEAD_S) * per_s)),
                   min(encoded.shape[1], int(math.ceil((e + gap_s / 2) * per_s)))) for _, _, _, (s, e), _ in clips]
         width = max(b - a for a, b in crops)
         features = np.zeros((len(clips), width, encoded.shape[2]), dtype=encoded.dtype)
