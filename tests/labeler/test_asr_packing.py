@@ -12,7 +12,8 @@ import pyarrow as pa
 import pytest
 
 from labeler.config import AsrConfig
-from labeler.models.whisper import (SAMPLE_RATE, ASRResult, WhisperASR, alike_clips, anchored_doubts, apart_by_text,
+from labeler.models.whisper import (ANCHOR_FRAMES_LEAD_S, SAMPLE_RATE, ASRResult, WhisperASR, alike_clips, anchor_frames,
+                                    anchored_doubts, apart_by_text,
                                     attribute_words, clip_tokens, compression_ratio, doubtful_clips, packing_language,
                                     PACK_HEALTH_FLOOR, plan_in_order, plan_windows, repeat_share, says_twice, token_buckets)
 
@@ -529,6 +530,23 @@ def test_anchored_decode_takes_its_own_clip_and_doubts_run_ons():
     assert anchored_doubts(run_on, [2.0, 5.0], [False, True], spans[:2], waves[:2], gap_s=1.0) == set()
     # text for a silent clip was the next clip's speech, decoded from the silent clip's start
     assert anchored_doubts(texts[3:], [10.1], [True], spans[3:], [np.zeros_like(half)], gap_s=1.0) == {0}
+
+
+def test_an_anchored_decode_reads_the_encoder_frames_around_its_clip():
+    """Each anchored decode reads the frames from a little before its clip to the next clip's
+    start (frames carry their time in the window, so timestamps stay in window time), all
+    rows as wide as the widest, a row near the window's end starting earlier."""
+    encoded = np.arange(2 * 1500 * 3, dtype=np.float32).reshape(2, 1500, 3)  # (window, frame, dim)
+    clips = [(0, (0.5, 3.0)), (1, (10.0, 14.0)), (0, (27.0, 29.0))]
+    rows = anchor_frames(encoded, clips, gap_s=1.0, per_s=50)
+    lead = ANCHOR_FRAMES_LEAD_S
+    width = int((14.0 + 1.0 - (10.0 - lead)) * 50)  # the widest: the 4-s clip, from 2 s before to 1 s after
+    assert rows.shape == (3, width, 3)
+    for (w, (s, e)), row in zip(clips, rows):
+        first = int(row[0, 0] - encoded[w, 0, 0]) // 3  # the frame index the row starts at
+        assert np.array_equal(row, encoded[w, first:first + width])  # contiguous frames of its own window
+        assert first <= max(0, int((s - lead) * 50)) and first + width >= min(1500, int((e + 1.0) * 50))
+    assert int(rows[2, -1, 0] - encoded[0, 0, 0]) // 3 == 1499  # the last clip's row ends at the window's end
 
 
 def test_a_window_of_repeats_sends_the_next_windows_straight_to_anchored_decoding(asr, repeated):
