@@ -170,9 +170,10 @@ def plan_windows(durations: Sequence[float], window_s: float, gap_s: float,
 def plan_in_order(durations: Sequence[float], window_s: float, gap_s: float) -> tuple[list[list[int]], list[int]]:
     """Pack clips into windows in the order given: each window takes the next clips while
     they fit (clips plus gaps within ``window_s``). For the speech regions of recordings,
-    given in time order: a window then holds consecutive speech of one recording, what
-    Whisper was trained on and what a whole-file ``transcribe`` decodes, instead of regions
-    of many recordings side by side (copies of a prompt or a greeting that opens every call,
+    given in time order, recording after recording: a window then holds consecutive speech
+    of one recording (or the end of one and the start of the next), what Whisper was trained
+    on and what a whole-file ``transcribe`` decodes, instead of regions of many recordings
+    side by side (copies of a prompt or a greeting that opens every call,
     which first-fit decreasing puts together). Returns (windows, clips that go alone: longer
     than a window, or empty)."""
     windows: list[list[int]] = []
@@ -292,7 +293,7 @@ class WhisperASR:
       With ``pack_decode: anchored`` (the default) a failing window is instead decoded again
       from its encoder output with each clip anchored at its own start timestamp
       (:meth:`_decode_anchored`): repeated speech stays packed. The speech regions of a
-      recording (``in_order``) are packed in time order, in windows of their own.
+      recording (``in_order``) are packed in time order, apart from short clips.
     - **One-clip windows**: each clip in its own window, batched like packed ones (the
       input ``transcribe`` gives it, decoded ``chunk_batch_size`` at a time), for the clips
       a packed window could not settle.
@@ -729,7 +730,8 @@ class WhisperASR:
                     most = anchor_budget(max(spans[i][1] - spans[i][0] for i in bucket))
                     got = self.model.model.generate(
                         get_ctranslate2_storage(anchor_frames(encoded, [(row_of[i], spans[i]) for i in bucket], gap_s,
-                                                              self.model.tokens_per_second)), prompts,
+                                                              self.model.tokens_per_second, self.model.model.n_mels)),
+                        prompts,
                         beam_size=self.beam_size, max_length=len(prompts[0]) + most,
                         return_scores=True, return_no_speech_prob=True, max_initial_timestamp_index=1500)
                     results.update(zip(bucket, got))
@@ -795,10 +797,14 @@ class WhisperASR:
         per_s = self.model.tokens_per_second  # encoder positions per second (50)
         crops = [(max(0, int((s - ANCHOR_WORDS_LEAD_S) * per_s)),
                   min(encoded.shape[1], int(math.ceil((e + gap_s / 2) * per_s)))) for _, _, _, (s, e), _ in clips]
-        width = max(b - a for a, b in crops)
+        # A row narrower than the widest goes on with its window's own frames (the alignment
+        # reads each row's first 2 x (b - a) mel frames' worth; the decoder sees the rest, as
+        # in faster-whisper's alignment over a whole window), zeros only past the window's end.
+        width = frames_width(max(b - a for a, b in crops), encoded.shape[1], self.model.model.n_mels)
         features = np.zeros((len(clips), width, encoded.shape[2]), dtype=encoded.dtype)
-        for k, ((_, row, _, _, _), (a, b)) in enumerate(zip(clips, crops)):
-            features[k, :b - a] = encoded[row, a:b]
+        for k, ((_, row, _, _, _), (a, _)) in enumerate(zip(clips, crops)):
+            take = encoded[row, a:a + width]
+            features[k, :len(take)] = take
         got = self.model.model.align(get_ctranslate2_storage(features), tokenizer.sot_sequence,
                                      [ids for _, _, ids, _, _ in clips], [2 * (b - a) for a, b in crops])
         out: dict[int, tuple[Word, ...]] = {}
@@ -910,7 +916,7 @@ def host_rows(encoded: Any) -> list[np.ndarray]:
 
 
 def anchor_frames(encoded: np.ndarray, clips: Sequence[tuple[int, tuple[float, float]]], gap_s: float,
-                  per_s: float) -> np.ndarray:
+                  per_s: float, n_mels: int) -> np.ndarray:
     """The encoder frames each anchored decode reads (one row per clip: window row, span in
     the window): the frames around its clip, from ``ANCHOR_FRAMES_LEAD_S`` before it to
     ``ANCHOR_FRAMES_TAIL_GAPS`` gaps after it, all rows as wide as the widest (a row near the
@@ -921,16 +927,25 @@ def anchor_frames(encoded: np.ndarray, clips: Sequence[tuple[int, tuple[float, f
     time (the forced start and the cut stay as they are). CTranslate2 projects the frames a
     decode reads into keys and values once per clip, which is most of a short clip's decode
     (tiny.en, 24 clips: 0.93 s for that first step over 1,500 frames, 0.08 s over 300,
-    against 0.58 s for the 19 steps after it)."""
+    against 0.58 s for the 19 steps after it). ``n_mels``: the model's, which no width may
+    equal (:func:`frames_width`)."""
     n = encoded.shape[1]
     starts = [max(0, int((s - ANCHOR_FRAMES_LEAD_S) * per_s)) for _, (s, _) in clips]
-    width = min(n, max(int(math.ceil((e + gap_s * ANCHOR_FRAMES_TAIL_GAPS) * per_s)) - a
-                       for a, (_, (_, e)) in zip(starts, clips)))
+    width = frames_width(max(int(math.ceil((e + gap_s * ANCHOR_FRAMES_TAIL_GAPS) * per_s)) - a
+                             for a, (_, (_, e)) in zip(starts, clips)), n, n_mels)
     out = np.empty((len(clips), width, encoded.shape[2]), dtype=encoded.dtype)
     for k, ((row, _), a) in enumerate(zip(clips, starts)):
         a = min(a, n - width)
         out[k] = encoded[row, a:a + width]
     return out
+
+
+def frames_width(width: int, frames: int, n_mels: int) -> int:
+    """A width for rows of encoder frames handed to CTranslate2 (at most the window's
+    ``frames``): never ``n_mels``, since CTranslate2 takes a (batch, n_mels, d_model) array
+    for a mel spectrogram and would encode it again, without an error."""
+    width = min(frames, width)
+    return width + 1 if width == n_mels and width < frames else width
 
 
 def anchor_budget(duration_s: float) -> int:

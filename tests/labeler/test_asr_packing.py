@@ -98,7 +98,8 @@ class PlanningASR(WhisperASR):
 
 def test_regions_of_a_recording_are_packed_in_time_order_apart_from_short_clips():
     """The speech regions of recordings (``in_order``) fill windows in the order given, so a
-    window holds consecutive speech of one recording; short clips are packed among
+    window holds consecutive speech (of one recording, or the end of one and the start of
+    the next); short clips are packed among
     themselves by length, with repeats spread, as before."""
     rng = np.random.default_rng(3)
     regions = [np.zeros(int(d * SAMPLE_RATE), np.float32) for d in rng.uniform(2.5, 8.0, 30)]
@@ -538,7 +539,7 @@ def test_an_anchored_decode_reads_the_encoder_frames_around_its_clip():
     rows as wide as the widest, a row near the window's end starting earlier."""
     encoded = np.arange(2 * 1500 * 3, dtype=np.float32).reshape(2, 1500, 3)  # (window, frame, dim)
     clips = [(0, (0.5, 3.0)), (1, (10.0, 14.0)), (0, (27.0, 29.0))]
-    rows = anchor_frames(encoded, clips, gap_s=1.0, per_s=50)
+    rows = anchor_frames(encoded, clips, gap_s=1.0, per_s=50, n_mels=80)
     lead = ANCHOR_FRAMES_LEAD_S
     width = int((14.0 + 1.0 - (10.0 - lead)) * 50)  # the widest: the 4-s clip, from 2 s before to 1 s after
     assert rows.shape == (3, width, 3)
@@ -547,6 +548,11 @@ def test_an_anchored_decode_reads_the_encoder_frames_around_its_clip():
         assert np.array_equal(row, encoded[w, first:first + width])  # contiguous frames of its own window
         assert first <= max(0, int((s - lead) * 50)) and first + width >= min(1500, int((e + 1.0) * 50))
     assert int(rows[2, -1, 0] - encoded[0, 0, 0]) // 3 == 1499  # the last clip's row ends at the window's end
+    # A row as wide as the model's mel bins would be taken for a spectrogram and encoded
+    # again by CTranslate2: a 0.6-s clip at the window's start (80 frames to the next clip)
+    # gets a frame more.
+    assert anchor_frames(encoded, [(0, (0.0, 0.6))], gap_s=1.0, per_s=50, n_mels=80).shape[1] == 81
+    assert anchor_frames(encoded, [(0, (0.0, 0.6))], gap_s=1.0, per_s=50, n_mels=128).shape[1] == 80
 
 
 def test_a_window_of_repeats_sends_the_next_windows_straight_to_anchored_decoding(asr, repeated):
