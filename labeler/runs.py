@@ -728,8 +728,6 @@ def remaining(inputs: Any, root: str, run_id: str, unit: str = "source_id", comp
     """Input rows (keyed by ``utt_id``: a file's id for a label run, an utterance's for a
     relabel) not yet completely in the staged parts of ``run_id`` (a resumed run skips them).
     Returns them and how many were skipped."""
-    import pyarrow.compute as pc
-
     done = settle_staged(root, run_id, unit, compression)
     if not done:
         return inputs, 0
@@ -744,8 +742,7 @@ def remaining(inputs: Any, root: str, run_id: str, unit: str = "source_id", comp
         out = [task.remote(part, offset, rows, ids) for part, offset, rows in zip(inputs.parts, inputs.offsets, inputs.rows)]
         todo = Listing([p for p, _ in out], ray.get([n for _, n in out]), inputs.bounds)
         return todo, inputs.num_rows - todo.num_rows
-    keep = pc.invert(pc.is_in(inputs.column("utt_id"), value_set=pa.array(sorted(done), pa.string())))
-    todo = inputs.filter(keep)
+    todo = drop_ids(inputs, pa.array(sorted(done), pa.string()))
     return todo, inputs.num_rows - todo.num_rows
 
 

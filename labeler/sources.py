@@ -274,16 +274,9 @@ def _list_runs(root: str, base: str, files: list[tuple[str, str | None, tuple]],
     import ray
 
     tasks = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
-    step = -(-len(folders) // tasks)
-    runs: list[list[_Entry]] = [[]]
-    held = 0
-    for entry in entries:
-        if entry[0] == "dir":
-            if held == step:
-                runs.append([])
-                held = 0
-            held += 1
-        runs[-1].append(entry)
+    # runs of about as many sub-folders each, the top files riding along between them
+    runs = [[entries[k] for k in run] for run in runs_by_weight([float(kind == "dir") for kind, _ in entries],
+                                                                  -(-len(folders) // tasks))]
     task = ray.remote(num_returns=2, max_retries=3)(_list_run)
     out = [task.remote(root, base, list_folder, run) for run in runs]
     infos = ray.get([i for _, i in out])
@@ -620,10 +613,10 @@ def _dedupe(listed: pa.Table) -> pa.Table:
     becomes an error row with a ``#dup<k>`` id. A folder or a glob lists each URI once and
     rarely two files with one id, so that common case is checked with Arrow first, without
     the per-row bookkeeping."""
+    if _unique(listed):
+        return number(listed, 0)
     n = listed.num_rows
     rows = pa.array(np.arange(n, dtype=np.int64))
-    if _unique(listed):
-        return listed.append_column("source_row", rows).select(INPUT_SCHEMA.names).cast(INPUT_SCHEMA)
     first_by_uri: dict[str, str] = {}
     first_by_id: dict[str, int] = {}
     dup_count: dict[str, int] = {}

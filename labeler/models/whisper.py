@@ -13,6 +13,7 @@ import numpy as np
 from labeler.audio import SAMPLE_RATE
 from labeler.config import AsrConfig
 from labeler.errors import DeviceError, ModelLoadError
+from labeler.io import runs_by_weight
 from labeler.models.registry import resolve_model
 from labeler.segment import Word, compression_ratio, normalize_text
 
@@ -176,19 +177,10 @@ def plan_in_order(durations: Sequence[float], window_s: float, gap_s: float) -> 
     side by side (copies of a prompt or a greeting that opens every call,
     which first-fit decreasing puts together). Returns (windows, clips that go alone: longer
     than a window, or empty)."""
-    windows: list[list[int]] = []
-    alone: list[int] = []
-    used = window_s + 1.0  # no window open yet
-    for i, d in enumerate(durations):
-        if d <= 0 or d > window_s:
-            alone.append(i)
-            continue
-        if used + gap_s + d > window_s:
-            windows.append([])
-            used = -gap_s
-        windows[-1].append(i)
-        used += gap_s + d
-    return windows, alone
+    fit = [i for i, d in enumerate(durations) if 0 < d <= window_s]
+    # each clip takes its length and a gap: n clips fit when their lengths and n gaps fit window_s + gap_s
+    runs = runs_by_weight([durations[i] + gap_s for i in fit], window_s + gap_s)
+    return [[fit[k] for k in run] for run in runs], [i for i, d in enumerate(durations) if not 0 < d <= window_s]
 
 
 def _first_fit(durations: Sequence[float], window_s: float, gap_s: float, opened: int,
