@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from typing import IO, Iterator, Sequence
+from typing import IO, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
@@ -101,21 +101,6 @@ def redact_uri_column(table):
     if clean == uris:
         return table
     return table.set_column(table.column_names.index("uri"), "uri", pa.array(clean, pa.string()))
-
-
-def runs_by_weight(weights: Sequence[float], target: float) -> list[list[int]]:
-    """The positions of ``weights`` in contiguous runs of about ``target`` each, in order: a
-    run ends before the item that would take it past ``target`` (and holds one at least).
-    How work is cut into Ray tasks: files by bytes, row groups or pieces by rows."""
-    runs: list[list[int]] = []
-    held = 0.0
-    for k, w in enumerate(weights):
-        if not runs or (runs[-1] and held + w > target):
-            runs.append([])
-            held = 0.0
-        runs[-1].append(k)
-        held += w
-    return runs
 
 
 def write_json_atomic(uri: str, payload: dict) -> None:

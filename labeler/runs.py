@@ -40,7 +40,8 @@ import pyarrow as pa
 from labeler import schema as S
 from labeler.config import LabelConfig
 from labeler.errors import CommitError, InputError, LanserError, find_lanser_error
-from labeler.io import filesystem, join, redact, runs_by_weight, write_json_atomic
+from labeler.io import filesystem, join, redact, write_json_atomic
+from labeler.packing import runs_by_weight
 from labeler.lock import RunLock
 from labeler.sources import INPUT_SCHEMA, Listing
 from labeler.stages.base import Stage, StageContext

@@ -41,7 +41,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from labeler.errors import InputError
-from labeler.io import filesystem, is_local, local_path, redact, runs_by_weight
+from labeler.io import filesystem, is_local, local_path, redact
+from labeler.packing import runs_by_weight
 
 AUDIO_EXTENSIONS = (
     ".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".wma", ".webm",

@@ -13,7 +13,7 @@ import numpy as np
 from labeler.audio import SAMPLE_RATE
 from labeler.config import AsrConfig
 from labeler.errors import DeviceError, ModelLoadError
-from labeler.io import runs_by_weight
+from labeler.packing import runs_by_weight
 from labeler.models.registry import resolve_model
 from labeler.segment import Word, compression_ratio, normalize_text
 

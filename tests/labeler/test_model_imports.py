@@ -13,8 +13,9 @@ from importgraph import REPO, imported_names, modules
 MODELS = {m: p for m, p in modules("labeler.models").items() if m != "labeler.models"}
 HEAVY = ("torch", "transformers", "faster_whisper", "vllm", "ctranslate2", "sentence_transformers", "ray")
 # What a model module may import from this project (models know nothing of Ray or stages);
-# labeler.segment is pure logic, and its Word is what ASR returns word timestamps as.
-ALLOWED = ("labeler.config", "labeler.errors", "labeler.audio", "labeler.segment", "labeler.models")
+# labeler.segment is pure logic, and its Word is what ASR returns word timestamps as;
+# labeler.packing (cutting ordered work into runs) is pure logic too.
+ALLOWED = ("labeler.config", "labeler.errors", "labeler.audio", "labeler.segment", "labeler.packing", "labeler.models")
 
 
 def test_models_import_only_config_errors_audio_segment_and_each_other():
