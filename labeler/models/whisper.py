@@ -274,8 +274,9 @@ class WhisperASR:
     - **Packed** (short clips, the common case): Whisper's encoder always sees a 30-second
       window, so a 4-second prompt is mostly padding. Short clips are packed into shared
       windows (``pack_window_s``, with ``pack_gap_s`` of silence between clips), the windows
-      are decoded ``chunk_batch_size`` at a time through faster-whisper's
-      ``BatchedInferencePipeline``, and each word goes back to the clip it was spoken in by
+      are decoded ``decode_windows`` (default ``chunk_batch_size``) at a time through
+      faster-whisper's ``BatchedInferencePipeline``, encoded ``chunk_batch_size`` per encoder
+      call, and each word goes back to the clip it was spoken in by
       its timestamp (cross-attention alignment). A window failing Whisper's log-probability
       gate is retried as halves; a window whose clips fail the checks against each other
       (:func:`doubtful_clips`: repeats, a speaking rate unlike the others', a loop, a word
@@ -287,7 +288,7 @@ class WhisperASR:
       (:meth:`_decode_anchored`): repeated speech stays packed. The speech regions of a
       recording (``in_order``) are packed in time order, apart from short clips.
     - **One-clip windows**: each clip in its own window, batched like packed ones (the
-      input ``transcribe`` gives it, decoded ``chunk_batch_size`` at a time), for the clips
+      input ``transcribe`` gives it, decoded ``decode_windows`` at a time), for the clips
       a packed window could not settle.
     - **Alone**: ``WhisperModel.transcribe`` per clip (with temperature fallback), used for
       clips too long to share a window, for clips failing Whisper's gates in a one-clip
@@ -333,6 +334,7 @@ class WhisperASR:
         self.vad_parameters = {"min_silence_duration_ms": cfg.vad_min_silence_ms}
         self.condition_on_previous_text = cfg.condition_on_previous_text
         self.chunk_batch_size = cfg.chunk_batch_size
+        self.decode_windows = cfg.decode_windows or cfg.chunk_batch_size
         self.pack_language = packing_language(cfg.language, multilingual)
         self.pack_clips = cfg.pack_clips and self.pack_language is not None
         self.pack_window_s = min(cfg.pack_window_s, LONG_AUDIO_S - 0.5)
@@ -397,8 +399,8 @@ class WhisperASR:
             windows += [[rest[k] for k in w] for w in more]
             alone += [rest[k] for k in lone]
             singles: list[int] = []
-            for g in range(0, len(windows), self.chunk_batch_size):
-                group = windows[g:g + self.chunk_batch_size]
+            for g in range(0, len(windows), self.decode_windows):
+                group = windows[g:g + self.decode_windows]
                 if self.pack_health < PACK_HEALTH_FLOOR and self.pack_decode == "window":  # keep failing: one probe, the rest alone
                     singles += [i for members in group[1:] for i in members]
                     self.stats["skipped_windows"] += len(group) - 1
@@ -624,13 +626,25 @@ class WhisperASR:
             cursor += len(window) + len(gap)
         audio = np.concatenate(pieces)
         shared = any(len(m) > 1 for m in windows)
-        if keep is not None:  # the pipeline encodes each batch of windows once, in order: keep what it made
-            encode = self.model.encode
+        split = self.decode_windows > self.chunk_batch_size
+        if keep is not None or split:
+            # The pipeline encodes each batch of windows once, in order: keep what it made (for
+            # an anchored decode), and encode chunk_batch_size windows per call when more are
+            # decoded together.
+            from faster_whisper.transcribe import get_ctranslate2_storage
+
+            encode, step = self.model.encode, self.chunk_batch_size
 
             def encode_and_keep(features: Any) -> Any:
-                out = encode(features)
-                keep.extend(host_rows(out))
-                return out
+                if not split or len(features) <= step:
+                    out = encode(features)
+                    if keep is not None:
+                        keep.extend(host_rows(out))
+                    return out
+                rows = [row for k in range(0, len(features), step) for row in host_rows(encode(features[k:k + step]))]
+                if keep is not None:
+                    keep.extend(rows)
+                return get_ctranslate2_storage(np.stack(rows))
 
             self.model.encode = encode_and_keep  # type: ignore[method-assign]
         try:
@@ -639,7 +653,7 @@ class WhisperASR:
                 clip_timestamps=[{"start": s / SAMPLE_RATE, "end": e / SAMPLE_RATE} for s, e in bounds],
                 language=self.pack_language,
                 beam_size=self.beam_size,
-                batch_size=self.chunk_batch_size,
+                batch_size=self.decode_windows,
                 without_timestamps=True,
                 word_timestamps=shared or any(want[i] for m in windows for i in m),  # attribution, or asked
                 vad_filter=False,
@@ -654,7 +668,7 @@ class WhisperASR:
             # a clip that really is bad fails on its own and the others still transcribe.
             return [None] * len(windows)
         finally:
-            if keep is not None:
+            if keep is not None or split:
                 del self.model.encode  # the class's method again
         # faster-whisper tags each segment with its window's start frame (``seek``).
         fps = self.model.frames_per_second

