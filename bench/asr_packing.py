@@ -18,7 +18,11 @@ the repeats within a window and lanser's checks send those clips to one-clip win
 Per set: wall seconds of both sides, the ratio (and the ratio of the process's CPU
 seconds, steadier on a loaded machine), the WER of both against the spoken text, and the
 stage's counters (windows, failed windows, windows decoded anchored and the clips so
-decoded, retries, clips in one-clip windows, clips decoded alone). Goals (issue 16): distinct >= 5x, repetitive >= 2.5x, never slower
+decoded, retries, clips in one-clip windows, clips decoded alone). Below each set, the
+seconds both sides spent in CTranslate2's ``encode``, ``generate`` and ``align``, and the
+ratio the stage would reach if its encoder passes (and all else but decoding) cost nothing:
+packing saves encoder passes, while both sides generate the same text, so decoding bounds
+the gain. Goals (issue 16): distinct >= 5x, repetitive >= 2.5x, never slower
 than naive, WER no worse. The load average is printed beside each set: on a shared
 machine the wall times are noisy, the ratio within a set less so.
 """
@@ -115,6 +119,10 @@ def main(argv=None) -> int:
                   f"{r['cpu_ratio']:>9.2f}x{n['wer_pct']:>10.2f}%{s['wer_pct']:>10.2f}%  {s['packed_windows']:>7} "
                   f"{s['failed_windows']:>6} {s['anchored_windows']:>8}({s.get('anchored_clips', 0):>3}) {s['retry_windows']:>7} {s['single_clips']:>6} "
                   f"{s['alone_clips']:>5}  {r['load_average'][0]:.1f}", flush=True)
+            nc, sc = n["ctranslate2_s"], s["ctranslate2_s"]
+            print(f"{'':<18}CTranslate2 s: naive encode {nc['encode']:.2f}, generate {nc['generate']:.2f}; stage encode "
+                  f"{sc['encode']:.2f}, generate {sc['generate']:.2f}, align {sc['align']:.2f}; ratio with the stage's encoder "
+                  f"free: {r['ceiling_encoder_free']:.2f}x", flush=True)
     print("goals: distinct >= 5x, repetitive >= 2.5x, never slower than naive, WER no worse")
     os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
     with open(args.json, "w") as f:
