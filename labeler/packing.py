@@ -10,7 +10,8 @@ from typing import Sequence
 def runs_by_weight(weights: Sequence[float], target: float) -> list[list[int]]:
     """The positions of ``weights`` in contiguous runs of about ``target`` each, in order: a
     run ends before the item that would take it past ``target`` (and holds one at least).
-    How work is cut into Ray tasks: files by bytes, row groups or pieces by rows."""
+    How work is cut into Ray tasks (files by bytes, row groups or pieces by rows) and a
+    recording's speech regions into Whisper windows (by seconds)."""
     runs: list[list[int]] = []
     held = 0.0
     for k, w in enumerate(weights):
