@@ -157,7 +157,7 @@ def bench_asr(clips, audios, asr_cfg) -> dict:
                   "ctranslate2_s": _spent(naive_spent)},
         "lanser": {"wall_s": round(lanser_s, 2), "cpu_s": round(lanser_cpu, 2), "audio_s_per_s": round(audio_s / lanser_s, 2), "wer_pct": round(wer(refs, lanser), 2),
                    "batch_size": asr_cfg.batch_size, "windows_per_batch": asr_cfg.chunk_batch_size,
-                   "windows_per_beam_search": asr_cfg.decode_windows or asr_cfg.chunk_batch_size,
+                   "windows_per_beam_search": asr_cfg.beam_search_windows,
                    "ctranslate2_s": _spent(stage_spent), **stats},
         "ratio": round(naive_s / lanser_s, 2),
         # The most this stage's decoding leaves room for: the ratio if its encoder passes and

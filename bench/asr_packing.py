@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="lanser-bench-asr-") as tmp:
         sets = build_sets(args.seconds, args.seed, tmp)
         print(f"\nASR packing bench: {cfg.asr.model} {cfg.asr.compute_type}, beam {cfg.asr.beam_size}, "
-              f"{cfg.asr.chunk_batch_size} windows per encoder call, {cfg.asr.decode_windows or cfg.asr.chunk_batch_size} per beam search, "
+              f"{cfg.asr.chunk_batch_size} windows per encoder call, {cfg.asr.beam_search_windows} per beam search, "
               f"{os.cpu_count()} cores")
         print(f"{'set':<18}{'clips':>6}{'audio s':>9}{'naive s':>9}{'stage s':>9}{'ratio':>7}{'cpu ratio':>10}{'WER naive':>11}"
               f"{'WER stage':>11}  windows failed anchored(clips) retries single alone  load")

@@ -139,6 +139,12 @@ class AsrConfig(_Strict):
     condition_on_previous_text: bool = Field(False, description="feed the previous window's text as a prompt (False avoids repetition loops on long audio)")
     download_root: Optional[str] = Field(None, description="where hub models are cached")
 
+    @property
+    def beam_search_windows(self) -> int:
+        """Packed windows per whole-window beam search: ``decode_windows``, or
+        ``chunk_batch_size`` when unset."""
+        return self.decode_windows or self.chunk_batch_size
+
     def cache_key(self) -> dict[str, Any]:
         """The settings that change a transcript (resources and batching do not)."""
         return {

@@ -177,10 +177,11 @@ def plan_in_order(durations: Sequence[float], window_s: float, gap_s: float) -> 
     side by side (copies of a prompt or a greeting that opens every call,
     which first-fit decreasing puts together). Returns (windows, clips that go alone: longer
     than a window, or empty)."""
-    fit = [i for i, d in enumerate(durations) if 0 < d <= window_s]
+    fits = [0 < d <= window_s for d in durations]
+    fit = [i for i, ok in enumerate(fits) if ok]
     # each clip takes its length and a gap: n clips fit when their lengths and n gaps fit window_s + gap_s
     runs = runs_by_weight([durations[i] + gap_s for i in fit], window_s + gap_s)
-    return [[fit[k] for k in run] for run in runs], [i for i, d in enumerate(durations) if not 0 < d <= window_s]
+    return [[fit[k] for k in run] for run in runs], [i for i, ok in enumerate(fits) if not ok]
 
 
 def _first_fit(durations: Sequence[float], window_s: float, gap_s: float, opened: int,
@@ -334,7 +335,7 @@ class WhisperASR:
         self.vad_parameters = {"min_silence_duration_ms": cfg.vad_min_silence_ms}
         self.condition_on_previous_text = cfg.condition_on_previous_text
         self.chunk_batch_size = cfg.chunk_batch_size
-        self.decode_windows = cfg.decode_windows or cfg.chunk_batch_size
+        self.decode_windows = cfg.beam_search_windows
         self.pack_language = packing_language(cfg.language, multilingual)
         self.pack_clips = cfg.pack_clips and self.pack_language is not None
         self.pack_window_s = min(cfg.pack_window_s, LONG_AUDIO_S - 0.5)
