@@ -10,7 +10,8 @@ run, with a warm-up excluded from both.
 1. **ASR**: the naive loop (one faster-whisper ``transcribe`` per clip) against lanser's ASR
    stage (``ASRStage`` on Arrow batches: short clips packed into shared 30-s windows), the
    packaged Whisper tiny.en (int8), beam 5, audio decoded beforehand for both. Audio
-   seconds per wall second, and the WER of both against the references.
+   seconds per wall second, and the WER of both against the references. Both sides run
+   ``--asr-repeat`` times (3) in alternation and each gives its median run's figures.
 2. **Entailment**: the Hugging Face ``zero-shot-classification`` pipeline (as called by
    default, one pair per forward pass, and with ``batch_size=16``) against lanser's
    ``nli`` stage (``EntailStage``: identical transcripts once, pairs sorted by length and
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -94,7 +96,11 @@ def _spent(spent: dict) -> dict:
     return {k: round(spent.get(k, 0.0), 2) for k in TimedWhisper.TIMED}
 
 
-def bench_asr(clips, audios, asr_cfg) -> dict:
+def bench_asr(clips, audios, asr_cfg, repeat: int = 1) -> dict:
+    """Both ASR sides on the same clips, ``repeat`` times in alternation (naive, stage, naive,
+    stage, ...); each side's figures are those of its median run by wall time, so one run
+    slowed by the machine's load does not set the ratio. Every stage run is a fresh stage (a
+    new run learns its packing health from scratch), its model load excluded."""
     import pyarrow as pa
     from faster_whisper import WhisperModel
 
@@ -111,19 +117,20 @@ def bench_asr(clips, audios, asr_cfg) -> dict:
     model = WhisperModel(resolve_model(asr_cfg.model), device="cpu", compute_type=asr_cfg.compute_type, cpu_threads=threads)
     opts = dict(language=asr_cfg.language, beam_size=asr_cfg.beam_size, vad_filter=asr_cfg.vad_filter,
                 condition_on_previous_text=asr_cfg.condition_on_previous_text)
+    ct2 = model.model
 
     def naive_one(a):
         segments, _ = model.transcribe(a, **opts)
         return " ".join(s.text.strip() for s in segments).strip()
 
     naive_one(audios[0])  # warm-up, excluded
-    naive_spent: dict = {}
-    model.model = TimedWhisper(model.model, naive_spent)
-    t0, c0 = time.perf_counter(), time.process_time()
-    naive = [naive_one(a) for a in audios]
-    naive_s, naive_cpu = time.perf_counter() - t0, time.process_time() - c0
 
-    stage = ASRStage(LabelConfig(asr=asr_cfg.model_copy(update={"cpu_threads": threads})), StageContext())
+    def naive_run() -> dict:
+        spent: dict = {}
+        model.model = TimedWhisper(ct2, spent)
+        t0, c0 = time.perf_counter(), time.process_time()
+        texts = [naive_one(a) for a in audios]
+        return {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0, "texts": texts, "spent": spent}
 
     def table(rows):
         n = len(rows)
@@ -139,36 +146,65 @@ def bench_asr(clips, audios, asr_cfg) -> dict:
             "source_utterances": [1] * n, "asr_config_hash": pa.array([None] * n, pa.string()),
         })
 
-    stage(table([0, 1, 2]))  # warm-up (model load), excluded
-    stats0 = dict(stage.model.stats)
-    stage_spent: dict = {}
-    stage.model.model.model = TimedWhisper(stage.model.model.model, stage_spent)
     batches = [list(range(i, min(i + asr_cfg.batch_size, len(audios)))) for i in range(0, len(audios), asr_cfg.batch_size)]
     tables = [table(b) for b in batches]
-    t0, c0 = time.perf_counter(), time.process_time()
-    outs = [stage(t) for t in tables]
-    lanser_s, lanser_cpu = time.perf_counter() - t0, time.process_time() - c0
-    lanser = [x or "" for o in outs for x in o.column("text").to_pylist()]
-    stats = {k: v - stats0.get(k, 0) for k, v in stage.model.stats.items()}
-    decoding_s = stage_spent.get("generate", 0.0) + stage_spent.get("align", 0.0)
+
+    def stage_run() -> dict:
+        stage = ASRStage(LabelConfig(asr=asr_cfg.model_copy(update={"cpu_threads": threads})), StageContext())
+        stage(table([0, 1, 2]))  # warm-up (model load), excluded
+        stats0 = dict(stage.model.stats)
+        spent: dict = {}
+        stage.model.model.model = TimedWhisper(stage.model.model.model, spent)
+        t0, c0 = time.perf_counter(), time.process_time()
+        outs = [stage(t) for t in tables]
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        texts = [x or "" for o in outs for x in o.column("text").to_pylist()]
+        stats = {k: v - stats0.get(k, 0) for k, v in stage.model.stats.items()}
+        return {"wall_s": wall, "cpu_s": cpu, "texts": texts, "spent": spent, "stats": stats}
+
+    naive_runs, stage_runs = [], []
+    for _ in range(max(1, repeat)):
+        naive_runs.append(naive_run())
+        stage_runs.append(stage_run())
+    n, s = median_run(naive_runs), median_run(stage_runs)
+    naive_s, naive_cpu, naive = n["wall_s"], n["cpu_s"], n["texts"]
+    lanser_s, lanser_cpu, lanser = s["wall_s"], s["cpu_s"], s["texts"]
+    decoding_s = s["spent"].get("generate", 0.0) + s["spent"].get("align", 0.0)
+    # The fewest 30-s windows the audio could fill (no gaps, no leftovers) at what this run's
+    # windows cost in CTranslate2 (encode + generate + align per window): the most any
+    # packing of these clips could reach on this machine at these settings.
+    fewest = math.ceil(audio_s / asr_cfg.pack_window_s)
+    per_window_s = sum(s["spent"].values()) / max(s["stats"].get("packed_windows", 0), 1)
     return {
         "audio_seconds": round(audio_s, 1),
+        "runs": len(naive_runs),
         "naive": {"wall_s": round(naive_s, 2), "cpu_s": round(naive_cpu, 2), "audio_s_per_s": round(audio_s / naive_s, 2), "wer_pct": round(wer(refs, naive), 2),
-                  "ctranslate2_s": _spent(naive_spent)},
+                  "ctranslate2_s": _spent(n["spent"]), "wall_s_runs": [round(r["wall_s"], 2) for r in naive_runs]},
         "lanser": {"wall_s": round(lanser_s, 2), "cpu_s": round(lanser_cpu, 2), "audio_s_per_s": round(audio_s / lanser_s, 2), "wer_pct": round(wer(refs, lanser), 2),
                    "batch_size": asr_cfg.batch_size, "windows_per_batch": asr_cfg.chunk_batch_size,
                    "windows_per_beam_search": asr_cfg.beam_search_windows,
-                   "ctranslate2_s": _spent(stage_spent), **stats},
+                   "ctranslate2_s": _spent(s["spent"]), "wall_s_runs": [round(r["wall_s"], 2) for r in stage_runs], **s["stats"]},
         "ratio": round(naive_s / lanser_s, 2),
+        # each alternation's own ratio: how far one run's load moves it
+        "ratio_runs": [round(a["wall_s"] / b["wall_s"], 2) for a, b in zip(naive_runs, stage_runs)],
         # The most this stage's decoding leaves room for: the ratio if its encoder passes and
         # everything else cost nothing (the naive loop's time over the stage's generate + align).
         "ceiling_encoder_free": round(naive_s / max(decoding_s, 1e-9), 2),
+        "fewest_windows": fewest,
+        "ctranslate2_s_per_window": round(per_window_s, 3),
+        "ceiling_fewest_windows": round(naive_s / max(fewest * per_window_s, 1e-9), 2),
         # CPU seconds of this process (both sides run in it): steadier than wall time when
         # other jobs load the machine
         "cpu_ratio": round(naive_cpu / max(lanser_cpu, 1e-9), 2),
         "wer_delta_points": round(wer(refs, lanser) - wer(refs, naive), 2),
         "transcripts": lanser,
     }
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run of median wall time (the lower middle one of an even count)."""
+    ordered = sorted(runs, key=lambda r: r["wall_s"])
+    return ordered[(len(ordered) - 1) // 2]
 
 
 # -- 2. Entailment --------------------------------------------------------------------
@@ -252,9 +288,9 @@ def naive_end_to_end(clips, cfg, taxonomy, nli_model: str):
         return text, label
 
     one(clips[0].path)  # warm-up, excluded
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = [one(c.path) for c in clips]
-    return time.perf_counter() - t0, out
+    return time.perf_counter() - t0, time.process_time() - c0, out
 
 
 def pipeline_run(clips, cfg, workdir):
@@ -270,10 +306,14 @@ def pipeline_run(clips, cfg, workdir):
     t0 = time.perf_counter()
     result = run_labeling(run_cfg)
     wall = time.perf_counter() - t0
+    # A clip longer than segment.min_source_s (one Asterisk prompt is 25 s) is cut into
+    # utterances: its text is theirs joined in time order, and it has one label only when it
+    # stayed one utterance.
     rows = duckdb.sql(
-        f"SELECT utt_id, text, label FROM read_parquet('{workdir}/out/labels/**/*.parquet', hive_partitioning=true)"
+        f"SELECT source_id, string_agg(coalesce(text, ''), ' ' ORDER BY start_s), count(*), any_value(label) "
+        f"FROM read_parquet('{workdir}/out/labels/**/*.parquet', hive_partitioning=true) GROUP BY source_id"
     ).fetchall()
-    return wall, {r[0]: (r[1] or "", r[2]) for r in rows}, result.manifest
+    return wall, {r[0]: (r[1].strip(), r[3] if r[2] == 1 else None) for r in rows}, result.manifest
 
 
 def relabel_run(cfg, workdir, taxonomy="iemocap4"):
@@ -297,6 +337,8 @@ def main(argv=None) -> int:
     p.add_argument("--config", default="bench/config.yaml", help="label config for both sides")
     p.add_argument("--json", default="bench/out/label_throughput.json", help="where to write the figures")
     p.add_argument("--skip-llm", action="store_true", help="leave out the vLLM scoring section")
+    p.add_argument("--asr-repeat", type=int, default=3,
+                   help="runs of both ASR sides, alternating; each side's figures are its median run's")
     args = p.parse_args(argv)
 
     nli_model = deberta_v3_base_nli()
@@ -310,7 +352,7 @@ def main(argv=None) -> int:
     res: dict = {"machine": machine, "clips": len(clips), "config": args.config,
                  "models": {"asr": f"{cfg.asr.model} ({cfg.asr.compute_type}, beam {cfg.asr.beam_size})", "nli": "DeBERTa-v3-base-sized"}}
 
-    asr = bench_asr(clips, audios, cfg.asr)
+    asr = bench_asr(clips, audios, cfg.asr, args.asr_repeat)
     transcripts = asr.pop("transcripts")
     res["asr"] = asr
     print(f"\n1. ASR, {cfg.asr.model} {cfg.asr.compute_type}            wall s   audio s / s   WER %")
@@ -324,6 +366,10 @@ def main(argv=None) -> int:
     print(f"   CTranslate2 s: naive encode {nc['encode']:.2f}, generate {nc['generate']:.2f}; stage encode {sc['encode']:.2f}, "
           f"generate {sc['generate']:.2f}, align {sc['align']:.2f}; ratio with the stage's encoder free: "
           f"{asr['ceiling_encoder_free']:.2f}x")
+    print(f"   {asr['ctranslate2_s_per_window']:.2f} CTranslate2 s per window; in the fewest windows the audio fills "
+          f"({asr['fewest_windows']}) the ratio would be at most {asr['ceiling_fewest_windows']:.2f}x")
+    print(f"   median of {asr['runs']} alternating runs per side; ratios of the runs: "
+          f"{', '.join(f'{x:.2f}x' for x in asr['ratio_runs'])}")
 
     ent = bench_entail(transcripts, taxonomy, cfg.scorer, cfg.abstain, nli_model)
     res["entail"] = ent
@@ -353,7 +399,7 @@ def main(argv=None) -> int:
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     work = tempfile.mkdtemp(prefix="lanser-bench-")
     try:
-        naive_s, naive_out = naive_end_to_end(clips, cfg, taxonomy, nli_model)
+        naive_s, naive_cpu, naive_out = naive_end_to_end(clips, cfg, taxonomy, nli_model)
         pipe_s, pipe_rows, manifest = pipeline_run(clips, cfg, work)
         relabel_s, relabel_manifest = relabel_run(cfg, work)
     finally:
@@ -361,14 +407,16 @@ def main(argv=None) -> int:
         ray.shutdown()
     audio_s = asr["audio_seconds"]
     refs = [c.reference for c in clips]
-    agree = sum(pipe_rows[c.utt_id][1] == o[1] for c, o in zip(clips, naive_out)) / len(clips)
+    whole = [(c, o) for c, o in zip(clips, naive_out) if pipe_rows[c.utt_id][1] is not None]
+    agree = sum(pipe_rows[c.utt_id][1] == o[1] for c, o in whole) / max(len(whole), 1)
     res["end_to_end"] = {
         "naive": {"wall_s": round(naive_s, 2), "cpu_s": round(naive_cpu, 2), "audio_s_per_s": round(audio_s / naive_s, 2), "wer_pct": round(wer(refs, [o[0] for o in naive_out]), 2)},
         "lanser": {"wall_s": round(pipe_s, 2), "audio_s_per_s": round(audio_s / pipe_s, 2),
                    "wer_pct": round(wer(refs, [pipe_rows[c.utt_id][0] for c in clips]), 2),
                    "stage_busy_seconds": manifest["stage_busy_seconds"]},
         "ratio": round(naive_s / pipe_s, 2),
-        "label_agreement": round(agree, 3),
+        "label_agreement": round(agree, 3),  # over the clips that stayed one utterance
+        "clips_one_utterance": len(whole),
     }
     res["relabel"] = {"taxonomy": "iemocap4", "wall_s": round(relabel_s, 2), "share_of_first_run": round(relabel_s / pipe_s, 3),
                       "rows": relabel_manifest["counts"]["output_rows"], "cache": relabel_manifest["cache"]}
@@ -376,7 +424,7 @@ def main(argv=None) -> int:
     print("\n4. End to end (decode + ASR + entailment + tables)   wall s   audio s / s   WER %")
     print(f"   naive loop of both stages                 {e2e['naive']['wall_s']:>7.1f}   {e2e['naive']['audio_s_per_s']:>11.2f}   {e2e['naive']['wer_pct']:>5.2f}")
     print(f"   lanser labeling run (Ray Data)            {e2e['lanser']['wall_s']:>7.1f}   {e2e['lanser']['audio_s_per_s']:>11.2f}   {e2e['lanser']['wer_pct']:>5.2f}")
-    print(f"   ratio {e2e['ratio']:.2f}x; same label on {agree:.0%} of clips; stage busy seconds {e2e['lanser']['stage_busy_seconds']}")
+    print(f"   ratio {e2e['ratio']:.2f}x; same label on {agree:.0%} of the {len(whole)} clips that stay one utterance; stage busy seconds {e2e['lanser']['stage_busy_seconds']}")
     print(f"   relabel with a new taxonomy (iemocap4), no audio, no ASR: {relabel_s:.1f} s = {relabel_s / pipe_s:.1%} of the first run; "
           f"{relabel_manifest['cache'].get('n_pairs_scored', 0)} pairs scored, {relabel_manifest['cache'].get('n_pairs_cached', 0)} from cache")
     os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)

@@ -15,14 +15,20 @@ the repeats within a window and lanser's checks send those clips to one-clip win
 - **prompts repeated**: 6 Asterisk prompts, 7 copies each at a random gain with a little
   noise (so no two are the same bytes, as the stage deduplicates those), shuffled.
 
-Per set: wall seconds of both sides, the ratio (and the ratio of the process's CPU
+Each set runs ``--repeat`` times (3) in alternation, naive then stage, and each side's
+figures are those of its median run by wall time (a fresh stage each run, its model load
+excluded): on a shared machine one side's wall time moves by a quarter between runs of the
+same work, so a single run can make or miss a goal by noise; each run's times and ratio
+are printed below the set. Per set: wall seconds of both sides, the ratio (and the ratio of the process's CPU
 seconds, steadier on a loaded machine), the WER of both against the spoken text, and the
 stage's counters (windows, failed windows, windows decoded anchored and the clips so
 decoded, retries, clips in one-clip windows, clips decoded alone). Below each set, the
 seconds both sides spent in CTranslate2's ``encode``, ``generate`` and ``align``, and the
 ratio the stage would reach if its encoder passes (and all else but decoding) cost nothing:
 packing saves encoder passes, while both sides generate the same text, so decoding bounds
-the gain. Goals (issue 16): distinct >= 5x, repetitive >= 2.5x, never slower
+the gain. And the other bound: at this run's CTranslate2 seconds per window (encode,
+generate and align), the ratio if the clips filled the fewest windows their audio could
+(total audio over ``asr.pack_window_s``, no gaps): what any packing could reach here. Goals (issue 16): distinct >= 5x, repetitive >= 2.5x, never slower
 than naive, WER no worse. The load average is printed beside each set: on a shared
 machine the wall times are noisy, the ratio within a set less so.
 """
@@ -81,6 +87,10 @@ def build_sets(seconds: float, seed: int, out_dir: str) -> dict[str, tuple[list,
     return sets
 
 
+def _joined(values, unit: str = "") -> str:
+    return ", ".join(f"{v:.2f}{unit}" for v in values)
+
+
 def _seconds(path: str) -> float:
     import soundfile as sf
 
@@ -97,6 +107,8 @@ def main(argv=None) -> int:
     p.add_argument("--config", default="bench/config.yaml", help="label config (its asr section is used)")
     p.add_argument("--sets", default="distinct,one sentence,two phrases,prompts repeated", help="comma-separated sets to run")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeat", type=int, default=3,
+                   help="runs of both sides per set, alternating; each side's figures are its median run's")
     p.add_argument("--json", default="bench/out/asr_packing.json", help="where to write the figures")
     args = p.parse_args(argv)
 
@@ -105,13 +117,13 @@ def main(argv=None) -> int:
         sets = build_sets(args.seconds, args.seed, tmp)
         print(f"\nASR packing bench: {cfg.asr.model} {cfg.asr.compute_type}, beam {cfg.asr.beam_size}, "
               f"{cfg.asr.chunk_batch_size} windows per encoder call, {cfg.asr.beam_search_windows} per beam search, "
-              f"{os.cpu_count()} cores")
+              f"{os.cpu_count()} cores; median of {args.repeat} alternating runs per side")
         print(f"{'set':<18}{'clips':>6}{'audio s':>9}{'naive s':>9}{'stage s':>9}{'ratio':>7}{'cpu ratio':>10}{'WER naive':>11}"
               f"{'WER stage':>11}  windows failed anchored(clips) retries single alone  load")
         res = {}
         for name in [s.strip() for s in args.sets.split(",")]:
             clips, audios = sets[name]
-            r = bench_asr(clips, audios, cfg.asr)
+            r = bench_asr(clips, audios, cfg.asr, args.repeat)
             r.pop("transcripts")
             r["load_average"] = [round(x, 1) for x in os.getloadavg()]
             res[name] = r
@@ -124,6 +136,11 @@ def main(argv=None) -> int:
             print(f"{'':<18}CTranslate2 s: naive encode {nc['encode']:.2f}, generate {nc['generate']:.2f}; stage encode "
                   f"{sc['encode']:.2f}, generate {sc['generate']:.2f}, align {sc['align']:.2f}; ratio with the stage's encoder "
                   f"free: {r['ceiling_encoder_free']:.2f}x", flush=True)
+            print(f"{'':<18}{r['ctranslate2_s_per_window']:.2f} CTranslate2 s per window; in the fewest windows the audio fills "
+                  f"({r['fewest_windows']}) the ratio would be at most {r['ceiling_fewest_windows']:.2f}x", flush=True)
+            if r["runs"] > 1:
+                print(f"{'':<18}wall s of each run: naive {_joined(n['wall_s_runs'])}; stage {_joined(s['wall_s_runs'])}; "
+                      f"ratios {_joined(r['ratio_runs'], 'x')}", flush=True)
     print("goals: distinct >= 5x, repetitive >= 2.5x, never slower than naive, WER no worse")
     os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
     with open(args.json, "w") as f:
