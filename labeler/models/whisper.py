@@ -22,10 +22,14 @@ LONG_AUDIO_S = 30.0
 LOGPROB_THRESHOLD = -1.0
 COMPRESSION_RATIO_THRESHOLD = 2.4
 NO_SPEECH_THRESHOLD = 0.6
-# A packed clip's speaking rate (characters per second) against its window's median:
-# espeak-ng at 130-205 wpm stays within 0.78-1.22; real prompts with digits ("3D audio")
-# reach 0.55. Half a sentence moved out is 0.5: caught here at the edge, and by the repeat check.
+# A packed clip's speaking rate (letters per second, a digit counted as the letters of its
+# spoken word: :func:`spoken_letters`) against its window's median: espeak-ng at 130-205
+# wpm stays within 0.78-1.22; real prompts with digits ("3D audio disabled") reach 0.57
+# (0.46 with a digit counted as one letter, which failed their windows). Half a sentence
+# moved out is 0.5: caught here at the edge, and by the repeat check.
 RATE_BAND = (0.5, 1.8)
+# Letters of each digit's English word: Whisper writes "Press 1", "3D", "555 1234".
+DIGIT_LETTERS = {"0": 4, "1": 3, "2": 3, "3": 5, "4": 4, "5": 4, "6": 3, "7": 5, "8": 5, "9": 4}
 # Packing learns from the run: each first-attempt window moves the health this far (decay
 # 0.7: four failures in a row take it from 1.0 to 0.24) and below the floor packing probes.
 PACK_HEALTH_DECAY = 0.7
@@ -1142,13 +1146,21 @@ def doubtful_clips(texts: Sequence[str], durations: Sequence[float], *, repeat_s
             bad.add(k)
     if repeat_similarity is not None:
         bad.update(k for pair in repeat_pairs(words, repeat_similarity) for k in pair)
-    rates = [len("".join(w)) / max(d, 0.1) for w, d in zip(words, durations)]
+    rates = [spoken_letters(w) / max(d, 0.1) for w, d in zip(words, durations)]
     spoken = [r for r in rates if r > 0]
     if len(spoken) >= 2:
         median = float(np.median(spoken))
         lo, hi = rate_band
         bad.update(k for k, r in enumerate(rates) if r > 0 and not lo * median <= r <= hi * median)
     return bad
+
+
+def spoken_letters(words: Sequence[str]) -> int:
+    """How many letters ``words`` (normalized) take to say: a digit counts as its English
+    word ("3d" as "threed"), so a clip of numbers does not look spoken at half the pace of
+    its neighbours. Numbers of several digits are read digit by digit ("25" as "twofive", 7
+    letters against "twentyfive"'s 10): near enough for a rate band of 0.5-1.8x."""
+    return sum(DIGIT_LETTERS.get(ch, 1) for w in words for ch in w)
 
 
 def summarize(segments: Sequence[Any], info: Any) -> ASRResult:

@@ -15,7 +15,9 @@ from labeler.config import AsrConfig
 from labeler.models.whisper import (ANCHOR_FRAMES_LEAD_S, SAMPLE_RATE, ASRResult, WhisperASR, alike_clips, anchor_frames,
                                     anchored_doubts, apart_by_text,
                                     attribute_words, clip_tokens, compression_ratio, doubtful_clips, packing_language,
-                                    PACK_HEALTH_FLOOR, plan_in_order, plan_windows, repeat_share, says_twice, token_buckets)
+                                    PACK_HEALTH_FLOOR, plan_in_order, plan_windows, repeat_share, says_twice, spoken_letters,
+                                    token_buckets)
+from labeler.segment import normalize_text
 
 
 def test_plan_windows_packs_every_clip_once_within_the_window():
@@ -401,6 +403,24 @@ def test_doubtful_clips_flags_repeats_rate_outliers_and_loops():
     loop = "thank you " * 12
     assert compression_ratio(loop) > 2.4 and 0 in doubtful_clips([loop, texts[1]], [8.0, 2.3])
     assert compression_ratio("") == 0.0
+
+
+def test_digits_count_as_the_words_spoken_in_the_speaking_rate():
+    # Asterisk prompts as Whisper wrote them in one window (durations of the real clips):
+    # "3D audio disabled" is 2.65 s of speech, "3d" said as "three D".
+    texts = ["No empty conferences currently exist.", "3D audio disabled.", "That pin is invalid for this conference.",
+             "Your call cannot be completed as dialed.", "Call forward on. No answer.",
+             "You will now be placed into the conference.", "You have been kicked from this conference.",
+             "You are entering conference number."]
+    durations = [2.78, 2.65, 2.65, 2.64, 2.64, 2.39, 2.36, 2.35]
+    assert spoken_letters(["3d", "audio"]) == len("threed") + len("audio")
+    assert spoken_letters(["press", "1"]) == len("pressone")
+    assert doubtful_clips(texts, durations) == set()
+    # Counted as one letter, the digit would have put the clip under half the median pace.
+    letters = [len("".join(normalize_text(t).split())) / d for t, d in zip(texts, durations)]
+    assert letters[1] < 0.5 * float(np.median(letters))
+    # Words moved out of a clip of digits are still caught.
+    assert 1 in doubtful_clips(texts[:1] + ["3D"] + texts[2:], durations)
 
 
 SENTENCE = "Thank you for calling, how can I help you today?"
