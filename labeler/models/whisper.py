@@ -1136,8 +1136,9 @@ def doubtful_clips(texts: Sequence[str], durations: Sequence[float], *, repeat_s
       correct repeats fails it as a whole);
     - two clips saying nearly the same (:func:`repeats`): the repeats Whisper mishandles
       (``repeat_similarity=None``: not checked);
-    - a speaking rate (characters per second of clip) outside ``rate_band`` times the
-      window's median: half a sentence moved out, or a neighbour's sentence moved in.
+    - a speaking rate (letters per second of clip, a digit counted as its spoken word:
+      :func:`spoken_letters`) outside ``rate_band`` times the window's median: half a
+      sentence moved out, or a neighbour's sentence moved in.
     """
     bad: set[int] = set()
     words = [normalize_text(t).split() for t in texts]
