@@ -225,6 +225,25 @@ def bench_asr(clips, audios, asr_cfg, repeat: int = 1) -> dict:
     }
 
 
+def asr_detail_lines(r: dict) -> list[str]:
+    """The lines below an ASR comparison of :func:`bench_asr` (``make bench`` and ``make
+    bench-asr`` print the same): where each side's CTranslate2 time went, the two bounds,
+    and each run's times when there were several."""
+    nc, sc = r["naive"]["ctranslate2_s"], r["lanser"]["ctranslate2_s"]
+    lines = [
+        f"CTranslate2 s: naive encode {nc['encode']:.2f}, generate {nc['generate']:.2f}; stage encode {sc['encode']:.2f}, "
+        f"generate {sc['generate']:.2f}, align {sc['align']:.2f}; ratio with the stage's encoder free: {r['ceiling_encoder_free']:.2f}x",
+        f"{r['ctranslate2_s_per_window']:.2f} CTranslate2 s per window that passes its first decode; in the fewest windows "
+        f"the clips fit ({r['fewest_windows']}, gaps counted) the ratio would be at most {r['ceiling_fewest_windows']:.2f}x",
+    ]
+    if r["runs"] > 1:
+        joined = lambda xs, unit="": ", ".join(f"{x:.2f}{unit}" for x in xs)  # noqa: E731
+        lines.append(f"median of {r['runs']} alternating runs per side; wall s of each run: naive "
+                     f"{joined(r['naive']['wall_s_runs'])}; stage {joined(r['lanser']['wall_s_runs'])}; "
+                     f"ratios {joined(r['ratio_runs'], 'x')}")
+    return lines
+
+
 def median_run(runs: list[dict]) -> dict:
     """The run of median wall time (the lower middle one of an even count)."""
     ordered = sorted(runs, key=lambda r: r["wall_s"])
@@ -386,14 +405,8 @@ def main(argv=None) -> int:
           f"{asr['lanser']['packed_clips']} clips packed in {asr['lanser']['packed_windows']} windows, "
           f"{asr['lanser']['failed_windows']} failed, {asr['lanser']['single_clips']} in one-clip windows, "
           f"{asr['lanser']['alone_clips']} decoded alone")
-    nc, sc = asr["naive"]["ctranslate2_s"], asr["lanser"]["ctranslate2_s"]
-    print(f"   CTranslate2 s: naive encode {nc['encode']:.2f}, generate {nc['generate']:.2f}; stage encode {sc['encode']:.2f}, "
-          f"generate {sc['generate']:.2f}, align {sc['align']:.2f}; ratio with the stage's encoder free: "
-          f"{asr['ceiling_encoder_free']:.2f}x")
-    print(f"   {asr['ctranslate2_s_per_window']:.2f} CTranslate2 s per window that passes its first decode; in the fewest windows the clips fit "
-          f"({asr['fewest_windows']}, gaps counted) the ratio would be at most {asr['ceiling_fewest_windows']:.2f}x")
-    print(f"   median of {asr['runs']} alternating runs per side; ratios of the runs: "
-          f"{', '.join(f'{x:.2f}x' for x in asr['ratio_runs'])}")
+    for line in asr_detail_lines(asr):
+        print(f"   {line}")
 
     ent = bench_entail(transcripts, taxonomy, cfg.scorer, cfg.abstain, nli_model)
     res["entail"] = ent

@@ -89,10 +89,6 @@ def build_sets(seconds: float, seed: int, out_dir: str) -> dict[str, tuple[list,
     return sets
 
 
-def _joined(values, unit: str = "") -> str:
-    return ", ".join(f"{v:.2f}{unit}" for v in values)
-
-
 def _seconds(path: str) -> float:
     import soundfile as sf
 
@@ -100,7 +96,7 @@ def _seconds(path: str) -> float:
 
 
 def main(argv=None) -> int:
-    from bench.__main__ import bench_asr
+    from bench.__main__ import asr_detail_lines, bench_asr
     from labeler.config import load_config
 
     p = argparse.ArgumentParser(prog="python -m bench.asr_packing", description=__doc__,
@@ -134,15 +130,8 @@ def main(argv=None) -> int:
                   f"{r['cpu_ratio']:>9.2f}x{n['wer_pct']:>10.2f}%{s['wer_pct']:>10.2f}%  {s['packed_windows']:>7} "
                   f"{s['failed_windows']:>6} {s['anchored_windows']:>8}({s.get('anchored_clips', 0):>3}) {s['retry_windows']:>7} {s['single_clips']:>6} "
                   f"{s['alone_clips']:>5}  {r['load_average'][0]:.1f}", flush=True)
-            nc, sc = n["ctranslate2_s"], s["ctranslate2_s"]
-            print(f"{'':<18}CTranslate2 s: naive encode {nc['encode']:.2f}, generate {nc['generate']:.2f}; stage encode "
-                  f"{sc['encode']:.2f}, generate {sc['generate']:.2f}, align {sc['align']:.2f}; ratio with the stage's encoder "
-                  f"free: {r['ceiling_encoder_free']:.2f}x", flush=True)
-            print(f"{'':<18}{r['ctranslate2_s_per_window']:.2f} CTranslate2 s per window that passes its first decode; in the fewest windows the clips fit "
-                  f"({r['fewest_windows']}, gaps counted) the ratio would be at most {r['ceiling_fewest_windows']:.2f}x", flush=True)
-            if r["runs"] > 1:
-                print(f"{'':<18}wall s of each run: naive {_joined(n['wall_s_runs'])}; stage {_joined(s['wall_s_runs'])}; "
-                      f"ratios {_joined(r['ratio_runs'], 'x')}", flush=True)
+            for line in asr_detail_lines(r):
+                print(f"{'':<18}{line}", flush=True)
     print("goals: distinct >= 5x, repetitive >= 2.5x, never slower than naive, WER no worse")
     os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
     with open(args.json, "w") as f:
